@@ -1,0 +1,330 @@
+//! The validated configuration: every reference resolved, every duration, size and address
+//! parsed. The gateway compiles this into its Runtime; nothing here is raw text any more.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated sumun configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (diagnostics and reload watch it).
+    pub source: PathBuf,
+    /// Topics' logs and metadata live here (used by later subsystems).
+    pub data_dir: PathBuf,
+    /// Pseudonym in our `Via` entry; seeing it again on a request means a loop (508).
+    pub via: String,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace: Duration,
+    pub access_log: AccessLog,
+    pub admin: Option<Admin>,
+    /// Sorted by name.
+    pub listeners: Vec<Listener>,
+    /// Sorted by name; routes refer to them by index.
+    pub upstreams: Vec<Upstream>,
+    /// In file order: first match wins.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: BindAddr,
+}
+
+/// Where a listener accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindAddr::Tcp(a) => write!(f, "{a}"),
+            BindAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub bind: BindAddr,
+    pub tls: Option<Tls>,
+    /// Trust inbound `Forwarded` / `X-Forwarded-*` (append to them) instead of replacing them.
+    pub trust_forwarded: bool,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections beyond this wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time allowed to receive a request's complete header section (slowloris guard).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// Larger request header sections get 431.
+    pub max_header_bytes: usize,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub balance: Balance,
+    pub protocol: UpstreamProtocol,
+    pub timeouts: UpstreamTimeouts,
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: EndpointAddr,
+    /// Relative share of traffic (≥ 1).
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddr {
+    /// `host:port`; host may be a name, resolved at connect time.
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            EndpointAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            EndpointAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 over cleartext, prior knowledge (gRPC backends).
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// From sending the request until the response head arrives.
+    pub request: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Pooled idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_endpoint: 256,
+        }
+    }
+}
+
+/// Where a config item was written, for diagnostics emitted after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location {
+    /// 1-based; `col` counts characters. For a route: its `[[route]]` header.
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub location: Location,
+    /// Listener names this route serves; empty = all listeners.
+    pub listeners: Vec<String>,
+    pub matcher: RouteMatch,
+    pub target: Target,
+    pub rewrite: Rewrite,
+    pub headers: HeaderRules,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; empty = any method.
+    pub methods: Vec<String>,
+    /// Lower-case header names with the value required.
+    pub headers: Vec<(String, HeaderValueMatch)>,
+    /// API version, e.g. "2": matches a `/v2/` path segment, `Accept: application/vnd.x.v2+json`
+    /// or `X-API-Version: 2`.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lower-case host without a trailing dot; an IPv6 address keeps its brackets
+    /// (`[::1]`), as in a `Host` header. `port` None matches any port.
+    Exact { host: String, port: Option<u16> },
+    /// `*.example.com` stored as suffix ".example.com": matches one or more labels before it.
+    Wildcard { suffix: String, port: Option<u16> },
+}
+
+impl HostMatch {
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            HostMatch::Exact { port, .. } | HostMatch::Wildcard { port, .. } => *port,
+        }
+    }
+
+    /// Whether a request's host (as in `Host` or the URI authority, IPv6 in brackets) and
+    /// explicit port match. Case and one trailing dot of `host` are ignored; a pattern with
+    /// a port matches only requests that name that port.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        if self.port().is_some() && self.port() != port {
+            return false;
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match self {
+            HostMatch::Exact { host: want, .. } => host.eq_ignore_ascii_case(want),
+            HostMatch::Wildcard { suffix, .. } => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-aware: "/api" matches "/api" and "/api/x", not "/apix". Stored without a
+    /// trailing slash unless it is "/".
+    Prefix(String),
+    /// Compiled as `^(?:…)$`: it must match the whole path.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    /// Whether a request path (without the query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(want) => path == want,
+            PathMatch::Prefix(prefix) => {
+                prefix == "/"
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValueMatch {
+    Present,
+    Exact(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Upstream { index: usize, name: String },
+    Respond(Respond),
+    Redirect { location: String, status: u16 },
+    Echo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Respond {
+    pub status: u16,
+    pub body: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Removed from the front of the (normalized) path, segment-aware; "" left becomes "/".
+    pub strip_prefix: Option<String>,
+    /// Replaces the whole path (query kept).
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+/// Header edits, applied in the order remove, set, add. Names are lower-case.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub remove: Vec<String>,
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+}
+
+/// A secret value as written in config: resolved at load time from the environment or a file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}

@@ -1,0 +1,276 @@
+//! The file as written: a serde model that keeps the span of every value validated later.
+//! Every table denies unknown keys; every key is optional here so that missing keys are
+//! reported by validation, with context, rather than by serde.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawConfig {
+    pub data_dir: Option<S<String>>,
+    pub via: Option<S<String>>,
+    pub shutdown_grace: Option<S<String>>,
+    pub access_log: Option<S<String>>,
+    pub admin: Option<S<RawAdmin>>,
+    pub listener: Option<S<Entries<S<RawListener>>>>,
+    pub upstream: Option<S<Entries<S<RawUpstream>>>>,
+    pub route: Option<Vec<S<RawRoute>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawAdmin {
+    pub bind: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawListener {
+    pub bind: Option<S<String>>,
+    pub tls: Option<S<RawTls>>,
+    pub trust_forwarded: Option<S<bool>>,
+    pub limits: Option<S<RawLimits>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawTls {
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawLimits {
+    pub max_connections: Option<S<i64>>,
+    pub header_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<RawSize>>,
+    pub max_body_bytes: Option<S<RawSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawUpstream {
+    pub endpoints: Option<S<Vec<S<RawEndpoint>>>>,
+    pub balance: Option<S<String>>,
+    pub protocol: Option<S<String>>,
+    pub timeouts: Option<S<RawUpstreamTimeouts>>,
+    pub pool: Option<S<RawPool>>,
+}
+
+/// `"host:port"` or `{ address = "host:port", weight = 2 }`.
+pub(crate) enum RawEndpoint {
+    Short(String),
+    Full(RawEndpointTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawEndpointTable {
+    pub address: Option<S<String>>,
+    pub weight: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawUpstreamTimeouts {
+    pub connect: Option<S<String>>,
+    pub request: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawPool {
+    pub idle_timeout: Option<S<String>>,
+    pub max_idle_per_endpoint: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRoute {
+    pub name: Option<S<String>>,
+    pub listeners: Option<S<Vec<S<String>>>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<S<RawMatch>>,
+    pub to: Option<S<RawTarget>>,
+    pub rewrite: Option<S<RawRewrite>>,
+    pub headers: Option<S<RawHeaderRules>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawMatch {
+    pub host: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub path_regex: Option<S<String>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub headers: Option<S<Entries<S<RawHeaderValue>>>>,
+    pub version: Option<S<StringOrInt>>,
+}
+
+/// A header matcher's value: a string (exact value) or a boolean (`true` = present).
+pub(crate) enum RawHeaderValue {
+    Exact(String),
+    Present(bool),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawTarget {
+    pub upstream: Option<S<String>>,
+    pub respond: Option<S<RawRespond>>,
+    pub redirect: Option<S<RawRedirect>>,
+    pub echo: Option<S<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRespond {
+    pub status: Option<S<i64>>,
+    pub body: Option<S<String>>,
+    pub headers: Option<S<Entries<S<String>>>>,
+}
+
+/// `"https://…"` or `{ location = "https://…", status = 301 }`.
+pub(crate) enum RawRedirect {
+    Short(String),
+    Full(RawRedirectTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRedirectTable {
+    pub location: Option<S<String>>,
+    pub status: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRewrite {
+    pub strip_prefix: Option<S<String>>,
+    pub path: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHeaderRules {
+    pub request: Option<S<RawHeaderOps>>,
+    pub response: Option<S<RawHeaderOps>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHeaderOps {
+    pub set: Option<S<Entries<S<String>>>>,
+    pub add: Option<S<Entries<S<String>>>>,
+    pub remove: Option<S<Vec<S<String>>>>,
+}
+
+/// A size: a plain integer of bytes or a string with a unit.
+pub(crate) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// A value users naturally write either way, e.g. `version = 2` or `version = "2.1"`.
+pub(crate) enum StringOrInt {
+    Str(String),
+    Int(i64),
+}
+
+/// A table with user-chosen keys, in file order, each key with its span.
+pub(crate) struct Entries<V>(pub Vec<(S<String>, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(S<String>, V)> = Vec::new();
+                while let Some(key) = map.next_key::<S<String>>()? {
+                    let value = map.next_value::<V>()?;
+                    entries.push((key, value));
+                }
+                // toml hands tables over in key order; diagnostics and header edits want the
+                // order of the file.
+                entries.sort_by_key(|(k, _)| k.span().start);
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}
+
+/// Implements `Deserialize` for a value written in one of a few shapes: each listed visitor
+/// method builds it, and `table:` (if given) deserializes the table shape.
+macro_rules! either_shape {
+    (
+        $ty:ident, $expecting:literal, $(table: $table:ident => $variant:path,)?
+        { $($method:ident($v:ident: $arg:ty) => $build:expr;)* }
+    ) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct ShapeVisitor;
+                impl<'de> Visitor<'de> for ShapeVisitor {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    $(
+                        fn $method<E: de::Error>(self, $v: $arg) -> Result<Self::Value, E> {
+                            Ok($build)
+                        }
+                    )*
+                    $(
+                        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                            $table::deserialize(de::value::MapAccessDeserializer::new(map)).map($variant)
+                        }
+                    )?
+                }
+                d.deserialize_any(ShapeVisitor)
+            }
+        }
+    };
+}
+
+either_shape!(
+    RawEndpoint,
+    "an address string or a table like { address = \"host:port\", weight = 2 }",
+    table: RawEndpointTable => RawEndpoint::Full,
+    { visit_str(v: &str) => RawEndpoint::Short(v.to_string()); }
+);
+
+either_shape!(
+    RawRedirect,
+    "a URL string or a table like { location = \"https://…\", status = 301 }",
+    table: RawRedirectTable => RawRedirect::Full,
+    { visit_str(v: &str) => RawRedirect::Short(v.to_string()); }
+);
+
+either_shape!(RawHeaderValue, "a string (exact value) or `true` (header present)", {
+    visit_str(v: &str) => RawHeaderValue::Exact(v.to_string());
+    visit_bool(v: bool) => RawHeaderValue::Present(v);
+});
+
+either_shape!(RawSize, "a size like \"64KiB\" or an integer number of bytes", {
+    visit_str(v: &str) => RawSize::Text(v.to_string());
+    visit_i64(v: i64) => RawSize::Bytes(v);
+});
+
+either_shape!(StringOrInt, "a string or an integer", {
+    visit_str(v: &str) => StringOrInt::Str(v.to_string());
+    visit_i64(v: i64) => StringOrInt::Int(v);
+});

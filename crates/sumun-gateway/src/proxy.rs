@@ -1,0 +1,369 @@
+//! The request handler: validate, identify, route, then run the route's target (forward to an
+//! upstream, respond, redirect or echo). Every refusal is a problem+json response; nothing here
+//! panics on client input.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+use sumun_http::forwarded::{ClientHop, append_via, apply_forwarded, via_contains};
+use sumun_http::hop::{strip_hop_by_hop, strip_hop_by_hop_response};
+use sumun_http::problem::problem_response;
+use sumun_http::{Body, ErrorKind, ProxyError};
+
+use crate::exchange::{Exchange, ResponseBody};
+use crate::path;
+use crate::router::{RequestView, prefix_matches};
+use crate::runtime::{Action, CompiledRoute, Runtime};
+use crate::server::ConnCtx;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// hyper's entry point for every request on a connection.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let runtime = ctx.shared.runtime.load_full();
+    ctx.state.request_started(req.version() == Version::HTTP_2);
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if crate::request_id::acceptable(v) => v.clone(),
+        _ => crate::request_id::generate(),
+    };
+    let mut ex = Box::new(Exchange {
+        runtime: runtime.clone(),
+        conn: ctx.state.clone(),
+        access_log: ctx.shared.access_log.clone(),
+        listener: ctx.listener.clone(),
+        peer: ctx.peer,
+        start,
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        version: req.version(),
+        request_id: request_id.clone(),
+        route: None,
+        upstream: None,
+        bytes_in: 0,
+        error: None,
+    });
+    let close = ctx.guard_violation().is_some();
+    let result = match ctx.guard_violation() {
+        Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
+        None => dispatch(req, &ctx, &runtime, &mut ex).await,
+    };
+    let mut res = result.unwrap_or_else(|e| {
+        ex.error = Some(e.kind_name());
+        if let Some(src) = &e.source {
+            tracing::debug!(error = %src, kind = e.kind_name(), "request failed");
+        }
+        problem_response(e.status(), e.detail, Some(&request_id))
+    });
+    if close {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    let status = res.status();
+    let (parts, body) = res.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::new(body, status, ex),
+    ))
+}
+
+/// The host a request is for, and its port: the absolute-form/`:authority` value wins over
+/// `Host` (RFC 9112 §3.2.2); an HTTP/1.1 request with neither, or two `Host` fields, is refused.
+fn request_host(req: &Request<Incoming>) -> Result<Option<(String, Option<u16>)>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "the request has more than one Host field",
+        ));
+    }
+    if let Some(auth) = req.uri().authority() {
+        return Ok(Some((auth.host().to_owned(), auth.port_u16())));
+    }
+    match host {
+        Some(h) => {
+            let auth = http::uri::Authority::try_from(h.as_bytes()).map_err(|_| {
+                ProxyError::new(ErrorKind::BadRequest, "the Host field is malformed")
+            })?;
+            if auth.as_str().contains('@') {
+                return Err(ProxyError::new(
+                    ErrorKind::BadRequest,
+                    "the Host field is malformed",
+                ));
+            }
+            Ok(Some((auth.host().to_owned(), auth.port_u16())))
+        }
+        None if req.version() == Version::HTTP_11 => Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "an HTTP/1.1 request must carry a Host field",
+        )),
+        None => Ok(None),
+    }
+}
+
+async fn dispatch(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    runtime: &Runtime,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            "CONNECT is not accepted on this listener",
+        ));
+    }
+    let host = request_host(&req)?;
+    let normalized = path::normalize(req.uri().path())
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.detail()))?
+        .into_owned();
+    if via_contains(req.headers(), &runtime.via_pseudonym) {
+        return Err(ProxyError::new(
+            ErrorKind::Loop,
+            "the request has already passed through this proxy",
+        ));
+    }
+    let view = RequestView {
+        listener: &ctx.listener,
+        host: host.as_ref().map(|(h, _)| h.as_str()),
+        port: host.as_ref().and_then(|(_, p)| *p),
+        path: &normalized,
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let Some((index, route)) = runtime
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matcher.matches(&view))
+    else {
+        return Err(ProxyError::new(
+            ErrorKind::NoRoute,
+            "no route matches this request",
+        ));
+    };
+    ex.route = Some(index);
+
+    let listener = runtime.listeners.get(&*ctx.listener);
+    let max_body = listener.map_or(u64::MAX, |l| l.limits.max_body_bytes);
+    let declared = content_length(req.headers())?;
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::new(
+            ErrorKind::BodyTooLarge,
+            "the request body is larger than allowed",
+        ));
+    }
+    ex.bytes_in = declared.unwrap_or(0);
+
+    let mut res = match &route.action {
+        Action::Respond {
+            status,
+            body,
+            headers,
+        } => {
+            let mut res = Response::new(Body::full(body.clone()));
+            *res.status_mut() = *status;
+            for (n, v) in headers {
+                res.headers_mut().insert(n.clone(), v.clone());
+            }
+            res
+        }
+        Action::Redirect { status, location } => {
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = *status;
+            res.headers_mut().insert(header::LOCATION, location.clone());
+            res
+        }
+        Action::Echo => echo(req, &normalized, ctx, max_body).await?,
+        Action::Upstream(pool) => {
+            let trust = listener.is_some_and(|l| l.trust_forwarded);
+            let (mut parts, incoming) = req.into_parts();
+            let body = Body::limited(incoming, max_body);
+            prepare_upstream_request(
+                &mut parts,
+                &normalized,
+                host.as_ref(),
+                route,
+                ctx,
+                runtime,
+                trust,
+            );
+            let endpoint = pool.pick()?;
+            ex.upstream = Some(endpoint.label.clone());
+            let t0 = Instant::now();
+            let upstream_res = pool.send(endpoint, Request::from_parts(parts, body)).await;
+            metrics::histogram!("sumun_upstream_request_duration_seconds", "upstream" => pool.name.to_string())
+                .record(t0.elapsed().as_secs_f64());
+            let upstream_res = upstream_res?;
+            let (mut rparts, rbody) = upstream_res.into_parts();
+            strip_hop_by_hop_response(&mut rparts.headers);
+            append_via(&mut rparts.headers, rparts.version, &runtime.via_pseudonym);
+            rparts.version = Version::HTTP_11;
+            Response::from_parts(rparts, Body::incoming(rbody))
+        }
+    };
+    route.response_headers.apply(res.headers_mut());
+    Ok(res)
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ProxyError::new(
+                    ErrorKind::BadRequest,
+                    "the Content-Length field is malformed",
+                )
+            }),
+    }
+}
+
+/// Turns the client's request head into the upstream's: hop-by-hop fields out, forwarding
+/// fields and our Via in, path rewritten, route header edits applied last so operators can
+/// override anything.
+fn prepare_upstream_request(
+    parts: &mut http::request::Parts,
+    normalized: &str,
+    host: Option<&(String, Option<u16>)>,
+    route: &CompiledRoute,
+    ctx: &ConnCtx,
+    runtime: &Runtime,
+    trust: bool,
+) {
+    let hop = strip_hop_by_hop(&mut parts.headers);
+    // An h2 client or an absolute-form request names the host in the URI; HTTP/1.1 upstreams
+    // need it in Host.
+    if let Some(auth) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    } else if host.is_none() {
+        parts.headers.remove(header::HOST);
+    }
+    let proto = if ctx.tls { "https" } else { "http" };
+    let host_value = parts.headers.get(header::HOST).cloned();
+    apply_forwarded(
+        &mut parts.headers,
+        ClientHop {
+            client_ip: ctx.peer.map(|p: SocketAddr| p.ip()),
+            proto,
+            host: host_value.as_ref(),
+        },
+        trust,
+    );
+    append_via(&mut parts.headers, parts.version, &runtime.via_pseudonym);
+    if hop.te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+
+    let path = rewrite_path(route, normalized);
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    parts.uri = PathAndQuery::try_from(pq.as_str())
+        .map(http::Uri::from)
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    route.request_headers.apply(&mut parts.headers);
+}
+
+fn rewrite_path<'a>(route: &CompiledRoute, normalized: &'a str) -> std::borrow::Cow<'a, str> {
+    if let Some(p) = &route.rewrite.path {
+        return p.clone().into();
+    }
+    if let Some(prefix) = &route.rewrite.strip_prefix
+        && prefix_matches(prefix, normalized)
+    {
+        let rest = normalized.get(prefix.len()..).unwrap_or("");
+        return if rest.is_empty() {
+            "/".into()
+        } else {
+            rest.to_owned().into()
+        };
+    }
+    normalized.into()
+}
+
+/// The echo target: the request as sumun received it (after normalization), as JSON.
+async fn echo(
+    req: Request<Incoming>,
+    normalized: &str,
+    ctx: &ConnCtx,
+    max_body: u64,
+) -> Result<Response<Body>, ProxyError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match headers.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            }
+            _ => {
+                headers.insert(name.as_str().to_owned(), serde_json::Value::String(v));
+            }
+        }
+    }
+    let mut length = 0u64;
+    let mut body = Body::limited(body, max_body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if sumun_http::body::is_body_too_large(e.as_ref()) {
+                ProxyError::new(
+                    ErrorKind::BodyTooLarge,
+                    "the request body is larger than allowed",
+                )
+            } else {
+                ProxyError::new(
+                    ErrorKind::DownstreamBody,
+                    "the request body could not be read",
+                )
+            }
+        })?;
+        if let Some(d) = frame.data_ref() {
+            length += d.len() as u64;
+        }
+    }
+    let doc = serde_json::json!({
+        "method": parts.method.as_str(),
+        "path": normalized,
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_length": length,
+        "client": ctx.peer.map(|p| p.ip().to_string()),
+        "listener": &*ctx.listener,
+        "tls": ctx.tls,
+    });
+    let mut res = Response::new(Body::full(
+        serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+    ));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}

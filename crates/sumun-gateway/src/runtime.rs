@@ -1,0 +1,233 @@
+//! The Runtime: an immutable, compiled snapshot of the configuration. A request loads it once
+//! and keeps it to the end; a reload builds a whole new one (TLS files and all) before it is
+//! swapped in, so a bad config never replaces a running one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use metrics::{Counter, Histogram};
+use sumun_config::{Config, HeaderOps, Limits, Rewrite, Target};
+use sumun_upstream::UpstreamPool;
+use tokio_rustls::TlsAcceptor;
+
+use crate::router::{Matcher, RequestView};
+use crate::tls::{self, TlsError};
+
+/// Per-listener settings read at each accepted connection.
+pub struct ListenerRuntime {
+    pub limits: Limits,
+    pub tls: Option<TlsAcceptor>,
+    pub trust_forwarded: bool,
+}
+
+/// What a matched route does.
+pub enum Action {
+    Upstream(Arc<UpstreamPool>),
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
+    Echo,
+}
+
+/// Header edits with names and values parsed once.
+#[derive(Default)]
+pub struct CompiledHeaderOps {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CompiledHeaderOps {
+    fn compile(ops: &HeaderOps) -> Self {
+        CompiledHeaderOps {
+            remove: ops
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+            set: pairs(&ops.set),
+            add: pairs(&ops.add),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+}
+
+fn pairs(list: &[(String, String)]) -> Vec<(HeaderName, HeaderValue)> {
+    list.iter()
+        .filter_map(|(n, v)| {
+            Some((
+                HeaderName::from_bytes(n.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Metric handles resolved at compile time, so the request path only touches atomics.
+pub struct RouteMetrics {
+    pub duration: Histogram,
+    statuses: Box<[OnceLock<Counter>]>,
+    route: Arc<str>,
+}
+
+impl RouteMetrics {
+    fn new(route: &Arc<str>) -> Self {
+        RouteMetrics {
+            duration: metrics::histogram!("sumun_request_duration_seconds", "route" => route.to_string()),
+            statuses: (100..600).map(|_| OnceLock::new()).collect(),
+            route: route.clone(),
+        }
+    }
+
+    pub fn count(&self, status: StatusCode) {
+        let i = usize::from(status.as_u16()).saturating_sub(100);
+        if let Some(slot) = self.statuses.get(i) {
+            slot.get_or_init(|| {
+                metrics::counter!("sumun_requests_total", "route" => self.route.to_string(), "status" => status.as_str().to_owned())
+            })
+            .increment(1);
+        }
+    }
+}
+
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub action: Action,
+    pub rewrite: Rewrite,
+    pub request_headers: CompiledHeaderOps,
+    pub response_headers: CompiledHeaderOps,
+    pub metrics: RouteMetrics,
+}
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub via_pseudonym: String,
+    pub routes: Vec<CompiledRoute>,
+    pub pools: Vec<Arc<UpstreamPool>>,
+    pub listeners: HashMap<String, ListenerRuntime>,
+    /// Requests that match no route are counted here.
+    pub unrouted: RouteMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("listener `{listener}`: {source}")]
+    Tls { listener: String, source: TlsError },
+}
+
+impl Runtime {
+    /// Compiles `config`. Upstream pools whose settings did not change are taken over from
+    /// `previous`, so a reload keeps their warm connections.
+    pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, BuildError> {
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => Some(tls::acceptor(t).map_err(|source| BuildError::Tls {
+                    listener: l.name.clone(),
+                    source,
+                })?),
+                None => None,
+            };
+            listeners.insert(
+                l.name.clone(),
+                ListenerRuntime {
+                    limits: l.limits.clone(),
+                    tls,
+                    trust_forwarded: l.trust_forwarded,
+                },
+            );
+        }
+        let pools: Vec<Arc<UpstreamPool>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                previous
+                    .and_then(|p| {
+                        p.config
+                            .upstreams
+                            .iter()
+                            .position(|old| old == u)
+                            .and_then(|i| p.pools.get(i).cloned())
+                    })
+                    .unwrap_or_else(|| Arc::new(UpstreamPool::new(u)))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let name: Arc<str> = Arc::from(r.name.as_str());
+                let action = match &r.target {
+                    Target::Upstream { index, .. } => match pools.get(*index) {
+                        Some(p) => Action::Upstream(p.clone()),
+                        None => Action::Respond {
+                            status: StatusCode::SERVICE_UNAVAILABLE,
+                            body: Bytes::new(),
+                            headers: Vec::new(),
+                        },
+                    },
+                    Target::Respond(resp) => Action::Respond {
+                        status: StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK),
+                        body: Bytes::from(resp.body.clone()),
+                        headers: pairs(&resp.headers),
+                    },
+                    Target::Redirect { location, status } => Action::Redirect {
+                        status: StatusCode::from_u16(*status)
+                            .unwrap_or(StatusCode::PERMANENT_REDIRECT),
+                        location: HeaderValue::from_str(location)
+                            .unwrap_or_else(|_| HeaderValue::from_static("/")),
+                    },
+                    Target::Echo => Action::Echo,
+                };
+                CompiledRoute {
+                    matcher: Matcher::compile(&r.listeners, &r.matcher),
+                    action,
+                    rewrite: r.rewrite.clone(),
+                    request_headers: CompiledHeaderOps::compile(&r.headers.request),
+                    response_headers: CompiledHeaderOps::compile(&r.headers.response),
+                    metrics: RouteMetrics::new(&name),
+                    name,
+                }
+            })
+            .collect();
+        let unrouted_name: Arc<str> = Arc::from("");
+        Ok(Runtime {
+            via_pseudonym: config.via.clone(),
+            config: Arc::new(config),
+            routes,
+            pools,
+            listeners,
+            unrouted: RouteMetrics::new(&unrouted_name),
+        })
+    }
+
+    /// The first route that matches, in file order.
+    pub fn route(&self, view: &RequestView<'_>) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| r.matcher.matches(view))
+    }
+}

@@ -1,0 +1,492 @@
+//! Listeners and connections: binding (TCP or unix socket), the accept loop with its
+//! connection limit and error back-off, TLS with ALPN, HTTP/1.1 and HTTP/2 (prior knowledge or
+//! ALPN) per connection, idle and header timeouts, and graceful drain. Listeners are diffed
+//! on reload: new ones are bound before the new runtime is swapped in, removed ones stop
+//! accepting and their connections drain.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sumun_config::BindAddr;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::access_log::AccessLogger;
+use crate::conn_state::{ActivityIo, ConnState, Verdict};
+// TEMP until h1guard lands
+#[derive(Clone)]
+pub struct GuardVerdict;
+pub struct V;
+impl V {
+    fn reason(&self) -> &'static str {
+        ""
+    }
+}
+impl GuardVerdict {
+    fn violation(&self) -> Option<V> {
+        None
+    }
+}
+use crate::runtime::Runtime;
+
+/// State shared by every connection of every listener.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub access_log: Option<AccessLogger>,
+}
+
+/// What a request handler knows about its connection.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub listener: Arc<str>,
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    pub state: Arc<ConnState>,
+    guard: GuardVerdict,
+}
+
+impl ConnCtx {
+    /// Set when the raw HTTP/1 stream carried an ambiguous frame (request smuggling attempt).
+    pub fn guard_violation(&self) -> Option<&'static str> {
+        self.guard.violation().map(|v| v.reason())
+    }
+}
+
+struct RunningListener {
+    bind: BindAddr,
+    stop: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+/// Counts live connections so shutdown can wait for them.
+#[derive(Default)]
+struct ConnTracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnGuard {
+    tracker: Arc<ConnTracker>,
+    gauge: metrics::Gauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+        if self.tracker.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.idle.notify_waiters();
+        }
+    }
+}
+
+/// Errors that keep a configuration from being applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("listener `{name}`: cannot bind {bind}: {source}")]
+    Bind {
+        name: String,
+        bind: String,
+        source: std::io::Error,
+    },
+}
+
+/// The running gateway: current runtime plus the listeners serving it.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listeners: tokio::sync::Mutex<HashMap<String, RunningListener>>,
+    shutdown: watch::Sender<bool>,
+    tracker: Arc<ConnTracker>,
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime, access_log: Option<AccessLogger>) -> Arc<Gateway> {
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Gateway {
+            shared: Arc::new(Shared {
+                runtime: ArcSwap::from_pointee(runtime),
+                access_log,
+            }),
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+            shutdown,
+            tracker: Arc::new(ConnTracker::default()),
+        })
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.shared.runtime.load_full()
+    }
+
+    /// Binds every listener of the current runtime and starts accepting.
+    pub async fn start(self: &Arc<Self>) -> Result<(), ListenError> {
+        let rt = self.runtime();
+        self.apply(rt, None).await
+    }
+
+    /// Swaps in `next` after binding the listeners it adds. On a bind error nothing changes.
+    pub async fn reload(self: &Arc<Self>, next: Runtime) -> Result<(), ListenError> {
+        let next = Arc::new(next);
+        let current = self.runtime();
+        self.apply(next, Some(current)).await
+    }
+
+    async fn apply(
+        self: &Arc<Self>,
+        next: Arc<Runtime>,
+        current: Option<Arc<Runtime>>,
+    ) -> Result<(), ListenError> {
+        let mut running = self.listeners.lock().await;
+        // Bind first: a failure leaves the running configuration untouched.
+        let mut fresh = Vec::new();
+        for l in &next.config.listeners {
+            let keep = running.get(&l.name).is_some_and(|r| r.bind == l.bind);
+            if !keep {
+                let bound = bind(&l.bind, running.get(&l.name).is_some())
+                    .await
+                    .map_err(|source| ListenError::Bind {
+                        name: l.name.clone(),
+                        bind: l.bind.to_string(),
+                        source,
+                    })?;
+                fresh.push((
+                    l.name.clone(),
+                    l.bind.clone(),
+                    bound,
+                    l.limits.max_connections,
+                ));
+            }
+        }
+        if current.is_some() {
+            self.shared.runtime.store(next.clone());
+        }
+        // Stop listeners that are gone or moved.
+        let wanted: HashMap<&str, &BindAddr> = next
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), &l.bind))
+            .collect();
+        running.retain(|name, r| {
+            let keep = wanted.get(name.as_str()).is_some_and(|b| **b == r.bind);
+            if !keep {
+                tracing::info!(listener = %name, bind = %r.bind, "listener closed");
+                let _ = r.stop.send(true);
+            }
+            keep
+        });
+        // Adjust connection limits of listeners that stay.
+        for l in &next.config.listeners {
+            if let Some(r) = running.get_mut(&l.name) {
+                let want = l.limits.max_connections;
+                if want > r.max_connections {
+                    r.permits.add_permits(want - r.max_connections);
+                } else if want < r.max_connections {
+                    let permits = r.permits.clone();
+                    let n = (r.max_connections - want) as u32;
+                    tokio::spawn(async move {
+                        if let Ok(p) = permits.acquire_many_owned(n).await {
+                            p.forget();
+                        }
+                    });
+                }
+                r.max_connections = want;
+            }
+        }
+        for (name, bind_addr, bound, max) in fresh {
+            let (stop, stop_rx) = watch::channel(false);
+            let permits = Arc::new(Semaphore::new(max));
+            let local = match &bound {
+                Bound::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                Bound::Unix(_, p) => format!("unix:{}", p.display()),
+            };
+            tracing::info!(listener = %name, bind = %bind_addr, addr = %local, "listening");
+            let gw = self.clone();
+            let listener: Arc<str> = Arc::from(name.as_str());
+            tokio::spawn(gw.accept_loop(listener, bound, permits.clone(), stop_rx));
+            running.insert(
+                name,
+                RunningListener {
+                    bind: bind_addr,
+                    stop,
+                    permits,
+                    max_connections: max,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The bound address of a TCP listener (useful with port 0).
+    pub async fn local_addrs(&self) -> Vec<(String, BindAddr)> {
+        self.listeners
+            .lock()
+            .await
+            .iter()
+            .map(|(n, r)| (n.clone(), r.bind.clone()))
+            .collect()
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits up to `grace`. Returns the
+    /// number of connections still open when the grace period ended.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        for (_, r) in self.listeners.lock().await.drain() {
+            let _ = r.stop.send(true);
+        }
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.tracker.idle.notified();
+            let n = self.tracker.active.load(Ordering::Acquire);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.tracker.active.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        name: Arc<str>,
+        bound: Bound,
+        permits: Arc<Semaphore>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let gauge = metrics::gauge!("sumun_active_connections", "listener" => name.to_string());
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            // Take the permit before accepting: excess connections wait in the kernel backlog.
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stop.changed() => break,
+            };
+            let accepted = tokio::select! {
+                r = accept(&bound) => r,
+                _ = stop.changed() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    self.tracker.active.fetch_add(1, Ordering::AcqRel);
+                    gauge.increment(1.0);
+                    let guard = ConnGuard {
+                        tracker: self.tracker.clone(),
+                        gauge: gauge.clone(),
+                    };
+                    let gw = self.clone();
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        gw.connection(name, stream, peer).await;
+                        drop(permit);
+                        drop(guard);
+                    });
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning on a full descriptor table.
+                    tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    metrics::counter!("sumun_accept_errors_total", "listener" => name.to_string())
+                        .increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        if let Bound::Unix(_, path) = &bound {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        listener: Arc<str>,
+        stream: Accepted,
+        peer: Option<SocketAddr>,
+    ) {
+        let rt = self.runtime();
+        let Some(lrt) = rt.listeners.get(&*listener) else {
+            return;
+        };
+        let limits = lrt.limits.clone();
+        let tls = lrt.tls.clone();
+        drop(rt);
+        match (stream, tls) {
+            (Accepted::Tcp(s), None) => self.serve(listener, s, peer, false, &limits).await,
+            (Accepted::Unix(s), None) => self.serve(listener, s, peer, false, &limits).await,
+            (Accepted::Tcp(s), Some(acc)) => {
+                if let Some(s) = handshake(&acc, s, limits.header_timeout).await {
+                    self.serve(listener, s, peer, true, &limits).await;
+                }
+            }
+            (Accepted::Unix(s), Some(acc)) => {
+                if let Some(s) = handshake(&acc, s, limits.header_timeout).await {
+                    self.serve(listener, s, peer, true, &limits).await;
+                }
+            }
+        }
+    }
+
+    async fn serve<S>(
+        &self,
+        listener: Arc<str>,
+        io: S,
+        peer: Option<SocketAddr>,
+        tls: bool,
+        limits: &sumun_config::Limits,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = ConnState::new();
+        let io = TokioIo::new(ActivityIo::new(io, state.clone()));
+        let guard = GuardVerdict;
+        let ctx = Arc::new(ConnCtx {
+            shared: self.shared.clone(),
+            listener,
+            peer,
+            tls,
+            state: state.clone(),
+            guard,
+        });
+        let svc = hyper::service::service_fn(move |req| crate::proxy::handle(req, ctx.clone()));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut shutdown = self.shutdown.subscribe();
+        let mut draining = *shutdown.borrow();
+        if draining {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let wake = match state.check(limits.header_timeout, limits.idle_timeout) {
+                Verdict::WaitUntil(t) => t,
+                Verdict::Idle => {
+                    if !draining {
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
+                    std::time::Instant::now() + limits.idle_timeout
+                }
+                Verdict::HeaderTimeout => {
+                    metrics::counter!("sumun_header_timeouts_total").increment(1);
+                    tracing::debug!(peer = ?peer, "request head not received in time; closing");
+                    return;
+                }
+            };
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = ?peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.changed(), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+async fn accept(bound: &Bound) -> std::io::Result<(Accepted, Option<SocketAddr>)> {
+    match bound {
+        Bound::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok((Accepted::Tcp(s), Some(peer)))
+        }
+        Bound::Unix(l, _) => {
+            let (s, _) = l.accept().await?;
+            Ok((Accepted::Unix(s), None))
+        }
+    }
+}
+
+async fn handshake<S>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    s: S,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, acceptor.accept(s)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            metrics::counter!("sumun_tls_handshake_errors_total").increment(1);
+            None
+        }
+        Err(_) => {
+            metrics::counter!("sumun_tls_handshake_errors_total").increment(1);
+            None
+        }
+    }
+}
+
+/// Binds a listener socket. `replacing` allows taking over a unix socket path we own.
+async fn bind(addr: &BindAddr, replacing: bool) -> std::io::Result<Bound> {
+    match addr {
+        BindAddr::Tcp(sa) => {
+            let sock = if sa.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            sock.bind(*sa)?;
+            Ok(Bound::Tcp(sock.listen(4096)?))
+        }
+        BindAddr::Unix(path) => {
+            if path.exists() {
+                // A socket file nobody answers on is left over from a crash: take it over.
+                let alive = UnixStream::connect(path).await.is_ok();
+                if alive && !replacing {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "a server is already listening on this socket",
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
+            Ok(Bound::Unix(UnixListener::bind(path)?, path.clone()))
+        }
+    }
+}

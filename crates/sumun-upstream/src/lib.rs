@@ -1,0 +1,13 @@
+//! Upstream pools for sumun: endpoints (TCP or unix socket), their keep-alive connection
+//! pools, the balancer that picks one, and the request/response exchange with typed errors
+//! (which side failed, whether a retry is safe). It knows nothing of routes or listeners.
+
+#![forbid(unsafe_code)]
+
+mod balance;
+mod connector;
+mod pool;
+
+pub use balance::RoundRobin;
+pub use connector::{ConnectFailed, ConnectTimedOut, Connector, UpstreamStream};
+pub use pool::{EndpointHandle, UpstreamPool};

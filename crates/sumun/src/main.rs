@@ -1,0 +1,30 @@
+//! The sumun binary: command line, logging, metrics recorder, signals, hot reload and the
+//! wiring of the gateway and admin listeners. `anyhow` lives here only.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod reload;
+mod serve;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    cli::init_logging(&cli);
+    match cli.command {
+        cli::Command::Version => {
+            println!("sumun {}", env!("CARGO_PKG_VERSION"));
+            std::process::ExitCode::SUCCESS
+        }
+        cli::Command::Check { config } => cli::check(&config),
+        cli::Command::Serve { config, threads } => match serve::run(&config, threads) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("sumun: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
