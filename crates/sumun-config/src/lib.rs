@@ -8,12 +8,15 @@
 #![forbid(unsafe_code)]
 
 mod diagnostics;
+mod headers;
+mod listener;
 pub mod model;
 mod parse;
 mod raw;
 mod route;
 mod shadow;
 pub mod units;
+mod upstream;
 mod validate;
 
 use std::path::{Path, PathBuf};

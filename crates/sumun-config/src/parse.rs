@@ -30,7 +30,14 @@ pub(crate) fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Parsed> {
         Ok(root) => root,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            sink.error(&span, syntax_message(e.message()));
+            let mut message = syntax_message(e.message());
+            // toml says "duplicate key" without naming it; the span does.
+            if let Some(key) = source.get(span.clone()).filter(|k| !k.is_empty()) {
+                if message.ends_with("duplicate key") {
+                    message.push_str(&format!(" `{key}`"));
+                }
+            }
+            sink.error(&span, message);
             return None;
         }
     };

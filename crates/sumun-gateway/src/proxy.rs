@@ -44,7 +44,12 @@ pub async fn handle(
         peer: ctx.peer,
         start,
         method: req.method().clone(),
-        path: req.uri().path().to_owned(),
+        // Only the access log needs its own copy of the path.
+        path: if ctx.shared.access_log.is_some() {
+            req.uri().path().to_owned()
+        } else {
+            String::new()
+        },
         version: req.version(),
         request_id: request_id.clone(),
         route: None,
@@ -203,8 +208,7 @@ async fn dispatch(
             ex.upstream = Some(endpoint.label.clone());
             let t0 = Instant::now();
             let upstream_res = pool.send(endpoint, Request::from_parts(parts, body)).await;
-            metrics::histogram!("sumun_upstream_request_duration_seconds", "upstream" => pool.name.to_string())
-                .record(t0.elapsed().as_secs_f64());
+            pool.latency.record(t0.elapsed().as_secs_f64());
             let upstream_res = upstream_res?;
             let (mut rparts, rbody) = upstream_res.into_parts();
             strip_hop_by_hop_response(&mut rparts.headers);

@@ -70,6 +70,8 @@ impl Body {
     }
 }
 
+// pin-project-lite's enum syntax has no room for `#[default]` on a variant.
+#[allow(clippy::derivable_impls)]
 impl Default for Body {
     fn default() -> Self {
         Body::Empty

@@ -30,7 +30,7 @@ pub struct EndpointHandle {
 }
 
 enum Transport {
-    Http1(Client<Connector, Body>),
+    Http1(Box<Client<Connector, Body>>),
     H2c,
 }
 
@@ -42,6 +42,8 @@ pub struct UpstreamPool {
     transport: Transport,
     connector: Connector,
     request_timeout: Duration,
+    /// Time to response head, resolved once per pool.
+    pub latency: metrics::Histogram,
 }
 
 impl UpstreamPool {
@@ -80,7 +82,7 @@ impl UpstreamPool {
                     .pool_max_idle_per_host(cfg.pool.max_idle_per_endpoint)
                     .set_host(false)
                     .build(connector.clone());
-                Transport::Http1(client)
+                Transport::Http1(Box::new(client))
             }
             UpstreamProtocol::H2c => Transport::H2c,
         };
@@ -91,6 +93,7 @@ impl UpstreamPool {
             transport,
             connector,
             request_timeout: cfg.timeouts.request,
+            latency: metrics::histogram!("sumun_upstream_request_duration_seconds", "upstream" => cfg.name.clone()),
         }
     }
 

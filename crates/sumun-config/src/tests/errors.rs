@@ -23,6 +23,32 @@ fn toml_syntax_error_stops_at_its_position() {
 }
 
 #[test]
+fn duplicate_keys_are_named() {
+    let source = format!("{LISTENER}bind = \"127.0.0.1:9\"\n");
+    assert_eq!(
+        error_lines(&source),
+        ["3:1: TOML syntax error: duplicate key `bind`"]
+    );
+}
+
+#[test]
+fn top_level_problems() {
+    let source = format!("data_dir = \"\"\nvia = \"a/b\"\naccess_log = \"\"\n{LISTENER}");
+    let lines = error_lines(&source);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(lines[0], "1:12: `data_dir` must not be empty");
+    assert!(
+        lines[1].starts_with("2:7: `via` must be one token"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        lines[2],
+        "3:14: `access_log` must be `stdout`, `stderr`, `off` or a file path"
+    );
+}
+
+#[test]
 fn every_unknown_key_is_reported_with_a_hint() {
     let source = "\
 listners = 1
@@ -412,4 +438,18 @@ to = { echo = true }
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].line, 10);
     assert!(warnings[0].message.contains("route `route-2` (line 8)"));
+}
+
+#[test]
+fn default_route_names_count_as_taken() {
+    let source = format!(
+        "{LISTENER}[[route]]\nname = \"route-2\"\nto = {{ echo = true }}\n[[route]]\nmatch = {{ path = \"/b\" }}\nto = {{ echo = true }}\n[[route]]\nname = \"route-2\"\nmatch = {{ path = \"/c\" }}\nto = {{ echo = true }}\n"
+    );
+    assert_eq!(
+        error_lines(&source),
+        [
+            "6:1: route 2 has the default name `route-2`, already used on line 3; give it a `name`",
+            "10:8: duplicate route name `route-2` (first used on line 3)",
+        ]
+    );
 }

@@ -336,11 +336,9 @@ fn access_log_values() {
 
 #[test]
 fn relative_paths_resolve_against_the_config_directory() {
-    let source = format!(
-        "data_dir = \"./data\"\naccess_log = \"../log/a.log\"\n[listener.web]\nbind = \"unix:run/s.sock\"\n\
-         [upstream.u]\nendpoints = [\"unix:./u.sock\"]\n"
-    );
-    let c = ok(&source).config;
+    let source = "data_dir = \"./data\"\naccess_log = \"../log/a.log\"\n[listener.web]\nbind = \"unix:run/s.sock\"\n\
+         [upstream.u]\nendpoints = [\"unix:./u.sock\"]\n";
+    let c = ok(source).config;
     assert_eq!(c.data_dir, Path::new("/etc/sumun/data"));
     assert_eq!(
         c.access_log,
@@ -448,4 +446,19 @@ fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn the_documented_complete_example_is_valid() {
+    let doc = include_str!("../../../../docs/configuration.md");
+    let example = doc
+        .split("## Complete example")
+        .nth(1)
+        .and_then(|rest| rest.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("docs/configuration.md has a complete example");
+    let loaded = ok(example);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.config.routes.len(), 5);
+    assert_eq!(loaded.config.listeners.len(), 2);
 }
