@@ -49,11 +49,7 @@ impl<'a> LineIndex<'a> {
         let offset = offset.min(self.source.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts[line - 1];
-        let col = self
-            .source
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count())
-            + 1;
+        let col = self.source.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
         (line, col)
     }
 }
@@ -67,22 +63,12 @@ pub(crate) struct Sink<'a> {
 
 impl<'a> Sink<'a> {
     pub(crate) fn new(file: &'a Path, source: &'a str) -> Self {
-        Sink {
-            file,
-            lines: LineIndex::new(source),
-            diagnostics: Vec::new(),
-        }
+        Sink { file, lines: LineIndex::new(source), diagnostics: Vec::new() }
     }
 
     pub(crate) fn at(&self, severity: Severity, offset: usize, message: String) -> Diagnostic {
         let (line, col) = self.lines.position(offset);
-        Diagnostic {
-            severity,
-            file: self.file.to_path_buf(),
-            line,
-            col,
-            message,
-        }
+        Diagnostic { severity, file: self.file.to_path_buf(), line, col, message }
     }
 
     pub(crate) fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
@@ -91,15 +77,12 @@ impl<'a> Sink<'a> {
     }
 
     pub(crate) fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 
     /// Every diagnostic in file order.
     pub(crate) fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.diagnostics
-            .sort_by_key(|d| (d.line, d.col, d.severity));
+        self.diagnostics.sort_by_key(|d| (d.line, d.col, d.severity));
         self.diagnostics
     }
 }
@@ -107,10 +90,7 @@ impl<'a> Sink<'a> {
 /// The candidate closest to `word`, when it is close enough to be a likely typo: a high
 /// Jaro-Winkler similarity (shared prefix, e.g. `path_prefx`) or, for words of three or more
 /// characters, few edits (transpositions count as one, e.g. `wbe` → `web`).
-pub(crate) fn did_you_mean<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<&'c str> {
+pub(crate) fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
     let len = word.chars().count();
     candidates
         .into_iter()
@@ -118,9 +98,7 @@ pub(crate) fn did_you_mean<'c>(
             let edits = strsim::damerau_levenshtein(word, c);
             (edits, strsim::jaro_winkler(word, c), c)
         })
-        .filter(|&(edits, similarity, _)| {
-            similarity >= 0.8 || (len >= 3 && edits <= (len / 3).max(1))
-        })
+        .filter(|&(edits, similarity, _)| similarity >= 0.8 || (len >= 3 && edits <= (len / 3).max(1)))
         .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
         .map(|(_, _, c)| c)
 }
@@ -154,10 +132,7 @@ mod tests {
 
     #[test]
     fn hints_only_close_words() {
-        assert_eq!(
-            did_you_mean("ednpoints", ["endpoints", "balance"]),
-            Some("endpoints")
-        );
+        assert_eq!(did_you_mean("ednpoints", ["endpoints", "balance"]), Some("endpoints"));
         assert_eq!(did_you_mean("zzz", ["endpoints", "balance"]), None);
         assert_eq!(did_you_mean("wbe", ["web", "api"]), Some("web"));
         assert_eq!(did_you_mean("b", ["a"]), None);

@@ -19,12 +19,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-pub(crate) fn header_ops(
-    cx: &mut Ctx<'_, '_>,
-    raw: &RawHeaderOps,
-    what: &str,
-    section: &str,
-) -> HeaderOps {
+pub(crate) fn header_ops(cx: &mut Ctx<'_, '_>, raw: &RawHeaderOps, what: &str, section: &str) -> HeaderOps {
     let mut ops = HeaderOps::default();
     if let Some(remove) = &raw.remove {
         for name in remove.get_ref() {
@@ -33,10 +28,7 @@ pub(crate) fn header_ops(
             }
         }
     }
-    for (key, list, out) in [
-        ("set", &raw.set, &mut ops.set),
-        ("add", &raw.add, &mut ops.add),
-    ] {
+    for (key, list, out) in [("set", &raw.set, &mut ops.set), ("add", &raw.add, &mut ops.add)] {
         let Some(list) = list else { continue };
         let ctx = format!("{what}: `{section}.{key}`");
         for (name, value) in &list.get_ref().0 {
@@ -58,17 +50,11 @@ pub(crate) fn header_edit(
 ) -> Option<(String, String)> {
     let lower = header_name(cx, name, what)?;
     if HOP_BY_HOP.contains(&lower.as_str()) || lower == "content-length" {
-        cx.error(
-            name.span(),
-            format!("{what}: `{lower}` is managed by the proxy and cannot be set"),
-        );
+        cx.error(name.span(), format!("{what}: `{lower}` is managed by the proxy and cannot be set"));
         return None;
     }
     if earlier.iter().any(|(n, _)| *n == lower) {
-        cx.error(
-            name.span(),
-            format!("{what}: header `{lower}` is given twice"),
-        );
+        cx.error(name.span(), format!("{what}: header `{lower}` is given twice"));
         return None;
     }
     if let Err(e) = check_header_value(value.get_ref()) {
@@ -82,10 +68,7 @@ pub(crate) fn header_name(cx: &mut Ctx<'_, '_>, name: &S<String>, what: &str) ->
     if is_token(name.get_ref()) {
         Some(name.get_ref().to_ascii_lowercase())
     } else {
-        cx.error(
-            name.span(),
-            format!("{what}: `{}` is not a valid header name", name.get_ref()),
-        );
+        cx.error(name.span(), format!("{what}: `{}` is not a valid header name", name.get_ref()));
         None
     }
 }

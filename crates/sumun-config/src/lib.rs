@@ -53,11 +53,7 @@ pub fn parse_str(source: &str, path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let Some(parsed) = parse::parse(source, &mut sink) else {
         return Err(sink.into_sorted());
     };
-    let mut cx = validate::Ctx {
-        sink: &mut sink,
-        base_dir: base_dir(path),
-        removed: parsed.removed,
-    };
+    let mut cx = validate::Ctx { sink: &mut sink, base_dir: base_dir(path), removed: parsed.removed };
     let config = validate::validate(parsed.raw, path, &mut cx);
     match config {
         Some(config) if !sink.has_errors() => {

@@ -21,15 +21,9 @@ pub(crate) fn listener(
         let path = format!("listener.{name}.tls");
         let cert = tls_file(cx, &tls.get_ref().cert, &path, "cert", tls.span(), &what);
         let key = tls_file(cx, &tls.get_ref().key, &path, "key", tls.span(), &what);
-        Some(Tls {
-            cert: cert?,
-            key: key?,
-        })
+        Some(Tls { cert: cert?, key: key? })
     });
-    let limits = l
-        .limits
-        .as_ref()
-        .map_or_else(Limits::default, |raw| limits(cx, raw.get_ref(), &what));
+    let limits = l.limits.as_ref().map_or_else(Limits::default, |raw| limits(cx, raw.get_ref(), &what));
     let Some(bind) = &l.bind else {
         cx.missing(
             &format!("listener.{name}.bind"),
@@ -65,18 +59,12 @@ fn tls_file(
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => Some(path),
         Ok(_) => {
-            cx.error(
-                raw.span(),
-                format!("{what}: tls {key} `{}` is not a file", path.display()),
-            );
+            cx.error(raw.span(), format!("{what}: tls {key} `{}` is not a file", path.display()));
             None
         }
         Err(e) => {
             let reason = io_reason(&e);
-            cx.error(
-                raw.span(),
-                format!("{what}: tls {key} `{}`: {reason}", path.display()),
-            );
+            cx.error(raw.span(), format!("{what}: tls {key} `{}`: {reason}", path.display()));
             None
         }
     }
@@ -87,28 +75,13 @@ fn limits(cx: &mut Ctx<'_, '_>, raw: &RawLimits, what: &str) -> Limits {
     let max_connections = raw
         .max_connections
         .as_ref()
-        .and_then(|m| {
-            cx.int(
-                m,
-                1,
-                i64::from(u32::MAX),
-                &format!("{what}: `max_connections`"),
-            )
-        })
+        .and_then(|m| cx.int(m, 1, i64::from(u32::MAX), &format!("{what}: `max_connections`")))
         .and_then(|m| usize::try_from(m).ok())
         .unwrap_or(d.max_connections);
-    let header_timeout = cx.duration(
-        &raw.header_timeout,
-        d.header_timeout,
-        &format!("{what}: `header_timeout`"),
-        true,
-    );
-    let idle_timeout = cx.duration(
-        &raw.idle_timeout,
-        d.idle_timeout,
-        &format!("{what}: `idle_timeout`"),
-        true,
-    );
+    let header_timeout =
+        cx.duration(&raw.header_timeout, d.header_timeout, &format!("{what}: `header_timeout`"), true);
+    let idle_timeout =
+        cx.duration(&raw.idle_timeout, d.idle_timeout, &format!("{what}: `idle_timeout`"), true);
     let max_header_bytes = raw
         .max_header_bytes
         .as_ref()
@@ -117,10 +90,7 @@ fn limits(cx: &mut Ctx<'_, '_>, raw: &RawLimits, what: &str) -> Limits {
             let v = cx.size(raw, &key)?;
             // hyper refuses a read buffer below 8 KiB; above 1 MiB is an attack surface.
             if !(8 * 1024..=1024 * 1024).contains(&v) {
-                cx.error(
-                    raw.span(),
-                    format!("{key} must be between 8KiB and 1MiB, not {v} bytes"),
-                );
+                cx.error(raw.span(), format!("{key} must be between 8KiB and 1MiB, not {v} bytes"));
                 return None;
             }
             usize::try_from(v).ok()
@@ -131,13 +101,7 @@ fn limits(cx: &mut Ctx<'_, '_>, raw: &RawLimits, what: &str) -> Limits {
         .as_ref()
         .and_then(|raw| cx.size(raw, &format!("{what}: `max_body_bytes`")))
         .unwrap_or(d.max_body_bytes);
-    Limits {
-        max_connections,
-        header_timeout,
-        idle_timeout,
-        max_header_bytes,
-        max_body_bytes,
-    }
+    Limits { max_connections, header_timeout, idle_timeout, max_header_bytes, max_body_bytes }
 }
 
 pub(crate) fn bind_addr(cx: &mut Ctx<'_, '_>, raw: &S<String>, what: &str) -> Option<BindAddr> {
@@ -153,9 +117,7 @@ pub(crate) fn bind_addr(cx: &mut Ctx<'_, '_>, raw: &S<String>, what: &str) -> Op
         return Some(BindAddr::Tcp(addr));
     }
     let hint = match text.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains(':') =>
-        {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains(':') => {
             "listeners bind IP addresses, not names (e.g. `0.0.0.0:8080`, `127.0.0.1:8080`, `[::]:8080`)"
         }
         Some((host, _)) if host.contains(':') && !host.starts_with('[') => {
@@ -163,35 +125,22 @@ pub(crate) fn bind_addr(cx: &mut Ctx<'_, '_>, raw: &S<String>, what: &str) -> Op
         }
         _ => "expected `IP:PORT`, `[IPv6]:PORT` or `unix:/path/to.sock`",
     };
-    cx.error(
-        raw.span(),
-        format!("{what}: invalid bind address `{text}`: {hint}"),
-    );
+    cx.error(raw.span(), format!("{what}: invalid bind address `{text}`: {hint}"));
     None
 }
 
 /// Two sockets cannot bind the same address, nor a port that a same-family wildcard (0.0.0.0
 /// or [::]) already holds. Port 0 asks the OS for a free port, so it never conflicts.
-pub(crate) fn check_duplicate_binds(
-    cx: &mut Ctx<'_, '_>,
-    binds: &[(BindAddr, String, Range<usize>)],
-) {
+pub(crate) fn check_duplicate_binds(cx: &mut Ctx<'_, '_>, binds: &[(BindAddr, String, Range<usize>)]) {
     let mut sorted: Vec<_> = binds.iter().collect();
     sorted.sort_by_key(|(_, _, span)| span.start);
     for (i, (addr, owner, span)) in sorted.iter().enumerate() {
-        let earlier = sorted[..i]
-            .iter()
-            .find(|(other, _, _)| binds_conflict(addr, other));
+        let earlier = sorted[..i].iter().find(|(other, _, _)| binds_conflict(addr, other));
         if let Some((other, other_owner, other_span)) = earlier {
             let line = cx.sink.lines.position(other_span.start).0;
-            let how = if addr == other {
-                "is already used by"
-            } else {
-                "overlaps"
-            };
-            let message = format!(
-                "{owner}: bind address `{addr}` {how} {other_owner} (`{other}`, line {line})"
-            );
+            let how = if addr == other { "is already used by" } else { "overlaps" };
+            let message =
+                format!("{owner}: bind address `{addr}` {how} {other_owner} (`{other}`, line {line})");
             cx.error(span.clone(), message);
         }
     }

@@ -165,19 +165,13 @@ pub struct Pool {
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
-        UpstreamTimeouts {
-            connect: Duration::from_secs(5),
-            request: Duration::from_secs(60),
-        }
+        UpstreamTimeouts { connect: Duration::from_secs(5), request: Duration::from_secs(60) }
     }
 }
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool {
-            idle_timeout: Duration::from_secs(90),
-            max_idle_per_endpoint: 256,
-        }
+        Pool { idle_timeout: Duration::from_secs(90), max_idle_per_endpoint: 256 }
     }
 }
 

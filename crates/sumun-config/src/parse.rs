@@ -63,10 +63,7 @@ pub(crate) fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Parsed> {
         sink.error(&span, message);
         removed.insert(render(&path));
     }
-    sink.error(
-        &(0..0),
-        "too many errors; fix the ones above and check again",
-    );
+    sink.error(&(0..0), "too many errors; fix the ones above and check again");
     None
 }
 
@@ -121,12 +118,8 @@ fn remove_in_value(value: &mut DeValue<'_>, span: &Range<usize>) -> Option<Vec<S
         DeValue::Table(table) => remove_at(table, span),
         DeValue::Array(array) => {
             if let Some(i) = array.iter().position(|item| item.span() == *span) {
-                let kept: DeArray<'_> = array
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, item)| item.clone())
-                    .collect();
+                let kept: DeArray<'_> =
+                    array.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, item)| item.clone()).collect();
                 *array = kept;
                 return Some(vec![Segment::Index(i)]);
             }
@@ -168,11 +161,7 @@ fn unknown_key_message(key: &str, expected: &[&str], table: &str) -> String {
 
 /// serde's wording with Rust's vocabulary replaced by TOML's, prefixed by the key's path.
 fn clean_message(message: &str, path: &str) -> String {
-    let mut text = message
-        .lines()
-        .next()
-        .unwrap_or("invalid value")
-        .to_string();
+    let mut text = message.lines().next().unwrap_or("invalid value").to_string();
     for (rust, toml) in [
         ("invalid type: map", "invalid type: table"),
         ("invalid type: sequence", "invalid type: array"),
@@ -182,9 +171,7 @@ fn clean_message(message: &str, path: &str) -> String {
     ] {
         text = text.replace(rust, toml);
     }
-    for int in [
-        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
-    ] {
+    for int in ["u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize"] {
         if let Some(stripped) = text.strip_suffix(&format!("expected {int}")) {
             text = format!("{stripped}expected an integer");
         }
@@ -192,11 +179,7 @@ fn clean_message(message: &str, path: &str) -> String {
     if path == "route" && text.ends_with("expected an array") {
         text.push_str("; write each route as a `[[route]]` table");
     }
-    if path.is_empty() {
-        text
-    } else {
-        format!("`{path}`: {text}")
-    }
+    if path.is_empty() { text } else { format!("`{path}`: {text}") }
 }
 
 #[cfg(test)]

@@ -28,10 +28,7 @@ pub(crate) fn routes(cx: &mut Ctx<'_, '_>, raw: &[S<RawRoute>], names: &Names<'_
                 if let Some(first) = seen.get(n.get_ref()) {
                     cx.error(
                         n.span(),
-                        format!(
-                            "duplicate route name `{}` (first used on line {first})",
-                            n.get_ref()
-                        ),
+                        format!("duplicate route name `{}` (first used on line {first})", n.get_ref()),
                     );
                 }
                 n.get_ref().clone()
@@ -82,11 +79,7 @@ fn route(
             }
         }
     }
-    let matcher = r
-        .matcher
-        .as_ref()
-        .map(|m| matcher(cx, m.get_ref(), &what))
-        .unwrap_or_default();
+    let matcher = r.matcher.as_ref().map(|m| matcher(cx, m.get_ref(), &what)).unwrap_or_default();
     let target = match &r.to {
         Some(to) => target(cx, to, index, &what, names),
         None => {
@@ -95,11 +88,7 @@ fn route(
             None
         }
     };
-    let rewrite = r
-        .rewrite
-        .as_ref()
-        .map(|rw| rewrite(cx, rw, &what))
-        .unwrap_or_default();
+    let rewrite = r.rewrite.as_ref().map(|rw| rewrite(cx, rw, &what)).unwrap_or_default();
     let mut headers = HeaderRules::default();
     if let Some(h) = &r.headers {
         if let Some(ops) = &h.get_ref().request {
@@ -109,15 +98,7 @@ fn route(
             headers.response = header_ops(cx, ops.get_ref(), &what, "headers.response");
         }
     }
-    Some(Route {
-        name,
-        location,
-        listeners,
-        matcher,
-        target: target?,
-        rewrite,
-        headers,
-    })
+    Some(Route { name, location, listeners, matcher, target: target?, rewrite, headers })
 }
 
 fn unknown_reference(what: &str, kind: &str, name: &str, known: &[String]) -> String {
@@ -138,24 +119,14 @@ fn matcher(cx: &mut Ctx<'_, '_>, m: &RawMatch, what: &str) -> RouteMatch {
     if let Some(host) = &m.host {
         match host_match(host.get_ref()) {
             Ok(h) => out.host = Some(h),
-            Err(e) => cx.error(
-                host.span(),
-                format!("{what}: invalid `host` `{}`: {e}", host.get_ref()),
-            ),
+            Err(e) => cx.error(host.span(), format!("{what}: invalid `host` `{}`: {e}", host.get_ref())),
         }
     }
     let mut first_path: Option<&str> = None;
-    for (key, value) in [
-        ("path", &m.path),
-        ("path_prefix", &m.path_prefix),
-        ("path_regex", &m.path_regex),
-    ] {
+    for (key, value) in [("path", &m.path), ("path_prefix", &m.path_prefix), ("path_regex", &m.path_regex)] {
         let Some(value) = value else { continue };
         if let Some(first) = first_path {
-            cx.error(
-                value.span(),
-                format!("{what}: `{first}` and `{key}` cannot be combined; use only one"),
-            );
+            cx.error(value.span(), format!("{what}: `{first}` and `{key}` cannot be combined; use only one"));
             continue;
         }
         first_path = Some(key);
@@ -164,15 +135,13 @@ fn matcher(cx: &mut Ctx<'_, '_>, m: &RawMatch, what: &str) -> RouteMatch {
             "path_regex" => regex::Regex::new(&format!("^(?:{text})$"))
                 .map(PathMatch::Regex)
                 .map_err(|e| format!("invalid `path_regex`: {}", regex_reason(&e))),
-            _ => check_path(text)
-                .map_err(|e| format!("invalid `{key}` `{text}`: {e}"))
-                .map(|()| {
-                    if key == "path" {
-                        PathMatch::Exact(text.clone())
-                    } else {
-                        PathMatch::Prefix(trim_trailing_slashes(text))
-                    }
-                }),
+            _ => check_path(text).map_err(|e| format!("invalid `{key}` `{text}`: {e}")).map(|()| {
+                if key == "path" {
+                    PathMatch::Exact(text.clone())
+                } else {
+                    PathMatch::Prefix(trim_trailing_slashes(text))
+                }
+            }),
         };
         match parsed {
             Ok(p) => out.path = Some(p),
@@ -181,17 +150,11 @@ fn matcher(cx: &mut Ctx<'_, '_>, m: &RawMatch, what: &str) -> RouteMatch {
     }
     if let Some(methods) = &m.methods {
         if methods.get_ref().is_empty() {
-            cx.error(
-                methods.span(),
-                format!("{what}: `methods` is empty; omit it to match any method"),
-            );
+            cx.error(methods.span(), format!("{what}: `methods` is empty; omit it to match any method"));
         }
         for method in methods.get_ref() {
             if !is_token(method.get_ref()) {
-                cx.error(
-                    method.span(),
-                    format!("{what}: `{}` is not a valid method name", method.get_ref()),
-                );
+                cx.error(method.span(), format!("{what}: `{}` is not a valid method name", method.get_ref()));
                 continue;
             }
             let upper = method.get_ref().to_ascii_uppercase();
@@ -206,10 +169,7 @@ fn matcher(cx: &mut Ctx<'_, '_>, m: &RawMatch, what: &str) -> RouteMatch {
                 continue;
             };
             if out.headers.iter().any(|(n, _)| *n == lower) {
-                cx.error(
-                    name.span(),
-                    format!("{what}: header `{lower}` is matched twice"),
-                );
+                cx.error(name.span(), format!("{what}: header `{lower}` is matched twice"));
                 continue;
             }
             let matched = match value.get_ref() {
@@ -242,15 +202,14 @@ fn matcher(cx: &mut Ctx<'_, '_>, m: &RawMatch, what: &str) -> RouteMatch {
             && text.starts_with(['v', 'V'])
             && text[1..].starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            cx.error(version.span(), format!("{what}: `version` must be letters, digits and dots, e.g. \"2\" or \"2.1\", not `{text}`"));
-        } else if v_prefixed {
             cx.error(
                 version.span(),
                 format!(
-                    "{what}: write `version` without the `v`: \"{}\"",
-                    &text[1..]
+                    "{what}: `version` must be letters, digits and dots, e.g. \"2\" or \"2.1\", not `{text}`"
                 ),
             );
+        } else if v_prefixed {
+            cx.error(version.span(), format!("{what}: write `version` without the `v`: \"{}\"", &text[1..]));
         } else {
             out.version = Some(text);
         }
@@ -264,10 +223,7 @@ fn regex_reason(e: &regex::Error) -> String {
     text.lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix("error: "))
-        .map_or_else(
-            || text.lines().last().unwrap_or("").trim().to_string(),
-            str::to_string,
-        )
+        .map_or_else(|| text.lines().last().unwrap_or("").trim().to_string(), str::to_string)
 }
 
 /// `a.example.com`, `a.example.com:8080`, `*.example.com`, `[::1]:8080`; lower-cased.
@@ -276,15 +232,10 @@ fn host_match(text: &str) -> Result<HostMatch, String> {
     let (host, port) = if text.starts_with('[') {
         let end = text.find(']').ok_or("missing `]` after an IPv6 address")?;
         let (host, rest) = text.split_at(end + 1);
-        host[1..end]
-            .parse::<Ipv6Addr>()
-            .map_err(|_| format!("`{host}` is not an IPv6 address"))?;
+        host[1..end].parse::<Ipv6Addr>().map_err(|_| format!("`{host}` is not an IPv6 address"))?;
         match rest {
             "" => (host.to_string(), None),
-            _ => (
-                host.to_string(),
-                Some(rest.strip_prefix(':').ok_or("expected `:PORT` after `]`")?),
-            ),
+            _ => (host.to_string(), Some(rest.strip_prefix(':').ok_or("expected `:PORT` after `]`")?)),
         }
     } else {
         match text.rsplit_once(':') {
@@ -297,12 +248,9 @@ fn host_match(text: &str) -> Result<HostMatch, String> {
     };
     let port = match port {
         None => None,
-        Some(p) => Some(
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or(format!("`{p}` is not a valid port"))?,
-        ),
+        Some(p) => {
+            Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(format!("`{p}` is not a valid port"))?)
+        }
     };
     if host.starts_with('[') {
         return Ok(HostMatch::Exact { host, port });
@@ -315,15 +263,10 @@ fn host_match(text: &str) -> Result<HostMatch, String> {
         if !is_dns_name(suffix) {
             return Err(format!("`{suffix}` is not a valid host name"));
         }
-        return Ok(HostMatch::Wildcard {
-            suffix: format!(".{suffix}"),
-            port,
-        });
+        return Ok(HostMatch::Wildcard { suffix: format!(".{suffix}"), port });
     }
     if host.contains('*') {
-        return Err(
-            "a wildcard is only allowed as the whole first label, e.g. `*.example.com`".into(),
-        );
+        return Err("a wildcard is only allowed as the whole first label, e.g. `*.example.com`".into());
     }
     if !is_dns_name(&host) {
         return Err(format!("`{host}` is not a valid host name or IP address"));
@@ -372,8 +315,7 @@ fn target(
     .collect();
     match given.as_slice() {
         [] => {
-            let message =
-                format!("{what}: `to` needs one of `upstream`, `respond`, `redirect` or `echo`");
+            let message = format!("{what}: `to` needs one of `upstream`, `respond`, `redirect` or `echo`");
             cx.missing(&format!("route[{index}].to"), to.span(), message);
             return None;
         }
@@ -392,10 +334,7 @@ fn target(
             cx.error(name.span(), message);
             return None;
         };
-        return Some(Target::Upstream {
-            index,
-            name: name.get_ref().clone(),
-        });
+        return Some(Target::Upstream { index, name: name.get_ref().clone() });
     }
     if let Some(respond) = &t.respond {
         return respond_target(cx, respond.get_ref(), what).map(Target::Respond);
@@ -407,45 +346,43 @@ fn target(
                 let status = match &table.status {
                     Some(s) if [301, 302, 303, 307, 308].contains(s.get_ref()) => *s.get_ref(),
                     Some(s) => {
-                        cx.error(s.span(), format!("{what}: redirect `status` must be 301, 302, 303, 307 or 308, not {}", s.get_ref()));
+                        cx.error(
+                            s.span(),
+                            format!(
+                                "{what}: redirect `status` must be 301, 302, 303, 307 or 308, not {}",
+                                s.get_ref()
+                            ),
+                        );
                         return None;
                     }
                     None => 308,
                 };
                 let Some(location) = &table.location else {
                     let message = format!("{what}: `redirect` needs `location`");
-                    cx.missing(
-                        &format!("route[{index}].to.redirect.location"),
-                        redirect.span(),
-                        message,
-                    );
+                    cx.missing(&format!("route[{index}].to.redirect.location"), redirect.span(), message);
                     return None;
                 };
                 ((location.get_ref().as_str(), location.span()), status)
             }
         };
-        let bad = location.0.is_empty()
-            || location
-                .0
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control());
+        let bad = location.0.is_empty() || location.0.chars().any(|c| c.is_whitespace() || c.is_control());
         if bad {
-            cx.error(location.1, format!("{what}: redirect location must be a non-empty URL without spaces or control characters"));
+            cx.error(
+                location.1,
+                format!(
+                    "{what}: redirect location must be a non-empty URL without spaces or control characters"
+                ),
+            );
             return None;
         }
         let status = u16::try_from(status).unwrap_or(308);
-        return Some(Target::Redirect {
-            location: location.0.to_string(),
-            status,
-        });
+        return Some(Target::Redirect { location: location.0.to_string(), status });
     }
     match &t.echo {
         Some(echo) if !*echo.get_ref() => {
             cx.error(
                 echo.span(),
-                format!(
-                    "{what}: `echo = false` is not a target; use `echo = true` or another target"
-                ),
+                format!("{what}: `echo = false` is not a target; use `echo = true` or another target"),
             );
             None
         }
@@ -469,11 +406,7 @@ fn respond_target(cx: &mut Ctx<'_, '_>, r: &RawRespond, what: &str) -> Option<Re
     }
     Some(Respond {
         status: u16::try_from(status).unwrap_or(200),
-        body: r
-            .body
-            .as_ref()
-            .map(|b| b.get_ref().clone())
-            .unwrap_or_default(),
+        body: r.body.as_ref().map(|b| b.get_ref().clone()).unwrap_or_default(),
         headers,
     })
 }
@@ -481,20 +414,14 @@ fn respond_target(cx: &mut Ctx<'_, '_>, r: &RawRespond, what: &str) -> Option<Re
 fn rewrite(cx: &mut Ctx<'_, '_>, rw: &S<RawRewrite>, what: &str) -> Rewrite {
     let r = rw.get_ref();
     if let (Some(_), Some(path)) = (&r.strip_prefix, &r.path) {
-        cx.error(
-            path.span(),
-            format!("{what}: `rewrite` takes `strip_prefix` or `path`, not both"),
-        );
+        cx.error(path.span(), format!("{what}: `rewrite` takes `strip_prefix` or `path`, not both"));
         return Rewrite::default();
     }
     let mut out = Rewrite::default();
     for (key, value) in [("strip_prefix", &r.strip_prefix), ("path", &r.path)] {
         let Some(value) = value else { continue };
         if let Err(e) = check_path(value.get_ref()) {
-            cx.error(
-                value.span(),
-                format!("{what}: invalid rewrite `{key}` `{}`: {e}", value.get_ref()),
-            );
+            cx.error(value.span(), format!("{what}: invalid rewrite `{key}` `{}`: {e}", value.get_ref()));
         } else if key == "path" {
             out.path = Some(value.get_ref().clone());
         } else {
@@ -510,37 +437,20 @@ mod tests {
 
     #[test]
     fn hosts() {
-        let exact = |h: &str, p| {
-            Ok(HostMatch::Exact {
-                host: h.into(),
-                port: p,
-            })
-        };
-        assert_eq!(
-            host_match("API.Example.com"),
-            exact("api.example.com", None)
-        );
-        assert_eq!(
-            host_match("a.example.com:8080"),
-            exact("a.example.com", Some(8080))
-        );
+        let exact = |h: &str, p| Ok(HostMatch::Exact { host: h.into(), port: p });
+        assert_eq!(host_match("API.Example.com"), exact("api.example.com", None));
+        assert_eq!(host_match("a.example.com:8080"), exact("a.example.com", Some(8080)));
         assert_eq!(host_match("example.com."), exact("example.com", None));
         assert_eq!(host_match("10.0.0.1"), exact("10.0.0.1", None));
         assert_eq!(host_match("[::1]:8080"), exact("[::1]", Some(8080)));
         assert_eq!(host_match("[::1]"), exact("[::1]", None));
         assert_eq!(
             host_match("*.Example.com"),
-            Ok(HostMatch::Wildcard {
-                suffix: ".example.com".into(),
-                port: None
-            })
+            Ok(HostMatch::Wildcard { suffix: ".example.com".into(), port: None })
         );
         assert_eq!(
             host_match("*.example.com:443"),
-            Ok(HostMatch::Wildcard {
-                suffix: ".example.com".into(),
-                port: Some(443)
-            })
+            Ok(HostMatch::Wildcard { suffix: ".example.com".into(), port: Some(443) })
         );
         for bad in [
             "*",
@@ -562,9 +472,7 @@ mod tests {
     #[test]
     fn paths() {
         assert!(check_path("/a/b").is_ok());
-        assert!(
-            check_path("a").is_err() && check_path("/a?b").is_err() && check_path("/a b").is_err()
-        );
+        assert!(check_path("a").is_err() && check_path("/a?b").is_err() && check_path("/a b").is_err());
         assert_eq!(trim_trailing_slashes("/v1/"), "/v1");
         assert_eq!(trim_trailing_slashes("/v1//"), "/v1");
         assert_eq!(trim_trailing_slashes("/"), "/");

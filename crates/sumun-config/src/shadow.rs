@@ -11,9 +11,7 @@ pub(crate) fn shadow_warnings(config: &Config, file: &Path) -> Vec<Diagnostic> {
     let all_listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
     let mut warnings = Vec::new();
     for (i, later) in config.routes.iter().enumerate() {
-        let shadowing = config.routes[..i]
-            .iter()
-            .find(|earlier| covers(earlier, later, &all_listeners));
+        let shadowing = config.routes[..i].iter().find(|earlier| covers(earlier, later, &all_listeners));
         if let Some(earlier) = shadowing {
             warnings.push(Diagnostic {
                 severity: Severity::Warning,
@@ -113,17 +111,11 @@ mod tests {
     }
 
     fn exact(h: &str, port: Option<u16>) -> Option<HostMatch> {
-        Some(HostMatch::Exact {
-            host: h.into(),
-            port,
-        })
+        Some(HostMatch::Exact { host: h.into(), port })
     }
 
     fn wild(s: &str, port: Option<u16>) -> Option<HostMatch> {
-        Some(HostMatch::Wildcard {
-            suffix: s.into(),
-            port,
-        })
+        Some(HostMatch::Wildcard { suffix: s.into(), port })
     }
 
     fn prefix(p: &str) -> Option<PathMatch> {
@@ -151,226 +143,86 @@ mod tests {
         assert!(shadows(m(), m()));
         assert!(shadows(
             m(),
-            RouteMatch {
-                host: exact("a.com", None),
-                path: prefix("/x"),
-                methods: vec!["GET".into()],
-                ..m()
-            }
+            RouteMatch { host: exact("a.com", None), path: prefix("/x"), methods: vec!["GET".into()], ..m() }
         ));
     }
 
     #[test]
     fn hosts() {
         assert!(shadows(
-            RouteMatch {
-                host: exact("a.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: exact("a.com", Some(80)),
-                ..m()
-            }
+            RouteMatch { host: exact("a.com", None), ..m() },
+            RouteMatch { host: exact("a.com", Some(80)), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                host: exact("a.com", Some(80)),
-                ..m()
-            },
-            RouteMatch {
-                host: exact("a.com", None),
-                ..m()
-            }
+            RouteMatch { host: exact("a.com", Some(80)), ..m() },
+            RouteMatch { host: exact("a.com", None), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                host: exact("a.com", Some(80)),
-                ..m()
-            },
-            RouteMatch {
-                host: exact("a.com", Some(81)),
-                ..m()
-            }
+            RouteMatch { host: exact("a.com", Some(80)), ..m() },
+            RouteMatch { host: exact("a.com", Some(81)), ..m() }
         ));
         assert!(shadows(
-            RouteMatch {
-                host: wild(".a.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: exact("x.y.a.com", None),
-                ..m()
-            }
+            RouteMatch { host: wild(".a.com", None), ..m() },
+            RouteMatch { host: exact("x.y.a.com", None), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                host: wild(".a.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: exact("a.com", None),
-                ..m()
-            }
+            RouteMatch { host: wild(".a.com", None), ..m() },
+            RouteMatch { host: exact("a.com", None), ..m() }
         ));
         assert!(shadows(
-            RouteMatch {
-                host: wild(".a.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: wild(".b.a.com", None),
-                ..m()
-            }
+            RouteMatch { host: wild(".a.com", None), ..m() },
+            RouteMatch { host: wild(".b.a.com", None), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                host: wild(".b.a.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: wild(".a.com", None),
-                ..m()
-            }
+            RouteMatch { host: wild(".b.a.com", None), ..m() },
+            RouteMatch { host: wild(".a.com", None), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                host: exact("x.a.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: wild(".a.com", None),
-                ..m()
-            }
+            RouteMatch { host: exact("x.a.com", None), ..m() },
+            RouteMatch { host: wild(".a.com", None), ..m() }
         ));
+        assert!(!shadows(RouteMatch { host: exact("a.com", None), ..m() }, m()));
         assert!(!shadows(
-            RouteMatch {
-                host: exact("a.com", None),
-                ..m()
-            },
-            m()
-        ));
-        assert!(!shadows(
-            RouteMatch {
-                host: wild(".xa.com", None),
-                ..m()
-            },
-            RouteMatch {
-                host: exact("y.a.com", None),
-                ..m()
-            }
+            RouteMatch { host: wild(".xa.com", None), ..m() },
+            RouteMatch { host: exact("y.a.com", None), ..m() }
         ));
     }
 
     #[test]
     fn paths() {
         assert!(shadows(
-            RouteMatch {
-                path: prefix("/api"),
-                ..m()
-            },
-            RouteMatch {
-                path: prefix("/api/v1"),
-                ..m()
-            }
+            RouteMatch { path: prefix("/api"), ..m() },
+            RouteMatch { path: prefix("/api/v1"), ..m() }
         ));
         assert!(shadows(
-            RouteMatch {
-                path: prefix("/api"),
-                ..m()
-            },
-            RouteMatch {
-                path: path("/api"),
-                ..m()
-            }
+            RouteMatch { path: prefix("/api"), ..m() },
+            RouteMatch { path: path("/api"), ..m() }
         ));
+        assert!(shadows(RouteMatch { path: prefix("/"), ..m() }, RouteMatch { path: path("/x"), ..m() }));
+        assert!(!shadows(
+            RouteMatch { path: prefix("/api"), ..m() },
+            RouteMatch { path: prefix("/apix"), ..m() }
+        ));
+        assert!(!shadows(
+            RouteMatch { path: prefix("/api/v1"), ..m() },
+            RouteMatch { path: prefix("/api"), ..m() }
+        ));
+        assert!(shadows(RouteMatch { path: path("/a"), ..m() }, RouteMatch { path: path("/a"), ..m() }));
+        assert!(!shadows(RouteMatch { path: path("/a"), ..m() }, RouteMatch { path: prefix("/a"), ..m() }));
         assert!(shadows(
-            RouteMatch {
-                path: prefix("/"),
-                ..m()
-            },
-            RouteMatch {
-                path: path("/x"),
-                ..m()
-            }
+            RouteMatch { path: regex("^(?:/a.*)$"), ..m() },
+            RouteMatch { path: regex("^(?:/a.*)$"), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                path: prefix("/api"),
-                ..m()
-            },
-            RouteMatch {
-                path: prefix("/apix"),
-                ..m()
-            }
+            RouteMatch { path: regex("^(?:/.*)$"), ..m() },
+            RouteMatch { path: path("/a"), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                path: prefix("/api/v1"),
-                ..m()
-            },
-            RouteMatch {
-                path: prefix("/api"),
-                ..m()
-            }
-        ));
-        assert!(shadows(
-            RouteMatch {
-                path: path("/a"),
-                ..m()
-            },
-            RouteMatch {
-                path: path("/a"),
-                ..m()
-            }
-        ));
-        assert!(!shadows(
-            RouteMatch {
-                path: path("/a"),
-                ..m()
-            },
-            RouteMatch {
-                path: prefix("/a"),
-                ..m()
-            }
-        ));
-        assert!(shadows(
-            RouteMatch {
-                path: regex("^(?:/a.*)$"),
-                ..m()
-            },
-            RouteMatch {
-                path: regex("^(?:/a.*)$"),
-                ..m()
-            }
-        ));
-        assert!(!shadows(
-            RouteMatch {
-                path: regex("^(?:/.*)$"),
-                ..m()
-            },
-            RouteMatch {
-                path: path("/a"),
-                ..m()
-            }
-        ));
-        assert!(!shadows(
-            RouteMatch {
-                path: prefix("/"),
-                ..m()
-            },
-            RouteMatch {
-                path: regex("^(?:/a)$"),
-                ..m()
-            }
+            RouteMatch { path: prefix("/"), ..m() },
+            RouteMatch { path: regex("^(?:/a)$"), ..m() }
         ));
         // Conservative: "/" does not claim requests without a path constraint.
-        assert!(!shadows(
-            RouteMatch {
-                path: prefix("/"),
-                ..m()
-            },
-            m()
-        ));
+        assert!(!shadows(RouteMatch { path: prefix("/"), ..m() }, m()));
     }
 
     #[test]
@@ -378,119 +230,41 @@ mod tests {
         let get = vec!["GET".to_string()];
         let get_post = vec!["GET".to_string(), "POST".to_string()];
         assert!(shadows(
-            RouteMatch {
-                methods: get_post.clone(),
-                ..m()
-            },
-            RouteMatch {
-                methods: get.clone(),
-                ..m()
-            }
+            RouteMatch { methods: get_post.clone(), ..m() },
+            RouteMatch { methods: get.clone(), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                methods: get.clone(),
-                ..m()
-            },
-            RouteMatch {
-                methods: get_post,
-                ..m()
-            }
+            RouteMatch { methods: get.clone(), ..m() },
+            RouteMatch { methods: get_post, ..m() }
         ));
-        assert!(!shadows(
-            RouteMatch {
-                methods: get,
-                ..m()
-            },
-            m()
-        ));
+        assert!(!shadows(RouteMatch { methods: get, ..m() }, m()));
 
         let present = vec![("x-a".to_string(), HeaderValueMatch::Present)];
         let exact_1 = vec![("x-a".to_string(), HeaderValueMatch::Exact("1".into()))];
         let exact_2 = vec![("x-a".to_string(), HeaderValueMatch::Exact("2".into()))];
         assert!(shadows(
-            RouteMatch {
-                headers: present.clone(),
-                ..m()
-            },
-            RouteMatch {
-                headers: exact_1.clone(),
-                ..m()
-            }
+            RouteMatch { headers: present.clone(), ..m() },
+            RouteMatch { headers: exact_1.clone(), ..m() }
         ));
         assert!(shadows(
-            RouteMatch {
-                headers: exact_1.clone(),
-                ..m()
-            },
-            RouteMatch {
-                headers: exact_1.clone(),
-                ..m()
-            }
+            RouteMatch { headers: exact_1.clone(), ..m() },
+            RouteMatch { headers: exact_1.clone(), ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                headers: exact_1.clone(),
-                ..m()
-            },
-            RouteMatch {
-                headers: exact_2,
-                ..m()
-            }
+            RouteMatch { headers: exact_1.clone(), ..m() },
+            RouteMatch { headers: exact_2, ..m() }
         ));
         assert!(!shadows(
-            RouteMatch {
-                headers: exact_1,
-                ..m()
-            },
-            RouteMatch {
-                headers: present.clone(),
-                ..m()
-            }
+            RouteMatch { headers: exact_1, ..m() },
+            RouteMatch { headers: present.clone(), ..m() }
         ));
-        assert!(!shadows(
-            RouteMatch {
-                headers: present,
-                ..m()
-            },
-            m()
-        ));
+        assert!(!shadows(RouteMatch { headers: present, ..m() }, m()));
 
         let v = |s: &str| Some(s.to_string());
-        assert!(shadows(
-            m(),
-            RouteMatch {
-                version: v("2"),
-                ..m()
-            }
-        ));
-        assert!(shadows(
-            RouteMatch {
-                version: v("2"),
-                ..m()
-            },
-            RouteMatch {
-                version: v("2"),
-                ..m()
-            }
-        ));
-        assert!(!shadows(
-            RouteMatch {
-                version: v("2"),
-                ..m()
-            },
-            RouteMatch {
-                version: v("3"),
-                ..m()
-            }
-        ));
-        assert!(!shadows(
-            RouteMatch {
-                version: v("2"),
-                ..m()
-            },
-            m()
-        ));
+        assert!(shadows(m(), RouteMatch { version: v("2"), ..m() }));
+        assert!(shadows(RouteMatch { version: v("2"), ..m() }, RouteMatch { version: v("2"), ..m() }));
+        assert!(!shadows(RouteMatch { version: v("2"), ..m() }, RouteMatch { version: v("3"), ..m() }));
+        assert!(!shadows(RouteMatch { version: v("2"), ..m() }, m()));
     }
 
     #[test]
@@ -499,11 +273,7 @@ mod tests {
         assert!(listeners_cover(&[], &["web".into()], &all));
         assert!(!listeners_cover(&["web".into()], &[], &all));
         assert!(listeners_cover(&["web".into(), "admin".into()], &[], &all));
-        assert!(listeners_cover(
-            &["web".into(), "admin".into()],
-            &["admin".into()],
-            &all
-        ));
+        assert!(listeners_cover(&["web".into(), "admin".into()], &["admin".into()], &all));
         assert!(!listeners_cover(&["web".into()], &["admin".into()], &all));
     }
 
@@ -519,30 +289,9 @@ mod tests {
             listeners: vec![],
             upstreams: vec![],
             routes: vec![
-                route(
-                    "a",
-                    3,
-                    RouteMatch {
-                        path: prefix("/api"),
-                        ..m()
-                    },
-                ),
-                route(
-                    "b",
-                    9,
-                    RouteMatch {
-                        path: prefix("/other"),
-                        ..m()
-                    },
-                ),
-                route(
-                    "c",
-                    12,
-                    RouteMatch {
-                        path: path("/api/x"),
-                        ..m()
-                    },
-                ),
+                route("a", 3, RouteMatch { path: prefix("/api"), ..m() }),
+                route("b", 9, RouteMatch { path: prefix("/other"), ..m() }),
+                route("c", 12, RouteMatch { path: path("/api/x"), ..m() }),
             ],
         };
         let w = shadow_warnings(&config, Path::new("s.toml"));

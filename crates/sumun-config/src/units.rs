@@ -12,11 +12,7 @@ const SIZE_EXAMPLES: &str = "e.g. `512`, `64KiB`, `10MiB`, `1GB`";
 /// number is an integer or decimal and the unit is `ms`, `s`, `m`, `h` or `d`.
 /// Zero is accepted here; callers refuse it where it makes no sense.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let fail = |why: &str| {
-        Err(format!(
-            "invalid duration `{text}`: {why}; {DURATION_EXAMPLES}"
-        ))
-    };
+    let fail = |why: &str| Err(format!("invalid duration `{text}`: {why}; {DURATION_EXAMPLES}"));
     let s = text.trim();
     if s.is_empty() {
         return fail("empty");
@@ -29,9 +25,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if number.is_empty() {
             return fail("expected a number");
         }
-        let unit_len = after
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(after.len());
+        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         let unit_nanos: u128 = match unit {
             "ms" => 1_000_000,
@@ -81,9 +75,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         other => {
-            return fail(&format!(
-                "unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)"
-            ));
+            return fail(&format!("unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)"));
         }
     };
     let Some(bytes) = scale(number, multiplier) else {
@@ -106,9 +98,7 @@ pub fn resolve_secret(spec: &str) -> Result<Secret, String> {
         }
         return match std::env::var(name) {
             Ok(value) => Ok(Secret(value)),
-            Err(std::env::VarError::NotPresent) => {
-                Err(format!("environment variable `{name}` is not set"))
-            }
+            Err(std::env::VarError::NotPresent) => Err(format!("environment variable `{name}` is not set")),
             Err(std::env::VarError::NotUnicode(_)) => {
                 Err(format!("environment variable `{name}` is not valid UTF-8"))
             }
@@ -120,10 +110,7 @@ pub fn resolve_secret(spec: &str) -> Result<Secret, String> {
         }
         return match std::fs::read_to_string(path) {
             Ok(content) => Ok(Secret(content.trim_end_matches(['\n', '\r']).to_string())),
-            Err(e) => Err(format!(
-                "cannot read secret file `{path}`: {}",
-                io_reason(&e)
-            )),
+            Err(e) => Err(format!("cannot read secret file `{path}`: {}", io_reason(&e))),
         };
     }
     Err("a secret must be written as `env:NAME` or `file:PATH`".into())
@@ -146,9 +133,7 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
 
 /// Splits `"1.5GiB"` into `("1.5", "GiB")`.
 fn split_number(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     s.split_at(end)
 }
 
@@ -202,37 +187,21 @@ mod tests {
 
     #[test]
     fn bad_durations() {
-        for bad in [
-            "", "5", "s", "5x", "5 s", "-5s", "1.s", ".5s", "1..5s", "30s1m", "1s1s", "5us",
-            "1m30", "5S",
-        ] {
+        for bad in
+            ["", "5", "s", "5x", "5 s", "-5s", "1.s", ".5s", "1..5s", "30s1m", "1s1s", "5us", "1m30", "5S"]
+        {
             let err = parse_duration(bad).expect_err(bad);
-            assert!(
-                err.starts_with(&format!("invalid duration `{bad}`")),
-                "{err}"
-            );
+            assert!(err.starts_with(&format!("invalid duration `{bad}`")), "{err}");
         }
         assert!(parse_duration("5").unwrap_err().contains("missing unit"));
-        assert!(
-            parse_duration("5us")
-                .unwrap_err()
-                .contains("unknown unit `us`")
-        );
-        assert!(
-            parse_duration("30s1m")
-                .unwrap_err()
-                .contains("largest to smallest")
-        );
+        assert!(parse_duration("5us").unwrap_err().contains("unknown unit `us`"));
+        assert!(parse_duration("30s1m").unwrap_err().contains("largest to smallest"));
     }
 
     #[test]
     fn duration_overflow_is_an_error() {
         assert!(parse_duration("99999999999999999999999999999999999999999d").is_err());
-        assert!(
-            parse_duration("213503982334602d")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_duration("213503982334602d").unwrap_err().contains("too large"));
         assert!(parse_duration("213503982334601d").is_ok());
     }
 
@@ -259,16 +228,8 @@ mod tests {
             let err = parse_size(bad).expect_err(bad);
             assert!(err.starts_with(&format!("invalid size `{bad}`")), "{err}");
         }
-        assert!(
-            parse_size("18446744073709551616")
-                .unwrap_err()
-                .contains("too large")
-        );
-        assert!(
-            parse_size("17179869184GiB")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert!(parse_size("18446744073709551616").unwrap_err().contains("too large"));
+        assert!(parse_size("17179869184GiB").unwrap_err().contains("too large"));
     }
 
     #[test]
@@ -279,11 +240,7 @@ mod tests {
             resolve_secret(&format!("env:{name}")).unwrap_err(),
             format!("environment variable `{name}` is not set")
         );
-        assert!(
-            resolve_secret("env:")
-                .unwrap_err()
-                .contains("variable name")
-        );
+        assert!(resolve_secret("env:").unwrap_err().contains("variable name"));
         // PATH is always set in test environments.
         let path = resolve_secret("env:PATH").unwrap();
         assert_eq!(path.0, std::env::var("PATH").unwrap());

@@ -30,8 +30,7 @@ impl Ctx<'_, '_> {
     pub fn missing(&mut self, path: &str, span: Range<usize>, message: impl Into<String>) {
         let reported = self.removed.iter().any(|r| {
             r == path
-                || r.strip_prefix(path)
-                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+                || r.strip_prefix(path).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
         });
         if !reported {
             self.error(span, message);
@@ -71,10 +70,7 @@ impl Ctx<'_, '_> {
         if (min..=max).contains(&v) {
             Some(v)
         } else {
-            self.error(
-                raw.span(),
-                format!("{what} must be between {min} and {max}, not {v}"),
-            );
+            self.error(raw.span(), format!("{what} must be between {min} and {max}, not {v}"));
             None
         }
     }
@@ -84,9 +80,7 @@ impl Ctx<'_, '_> {
             RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| format!("invalid size `{n}`")),
             RawSize::Text(t) => parse_size(t),
         };
-        parsed
-            .map_err(|e| self.error(raw.span(), format!("{what}: {e}")))
-            .ok()
+        parsed.map_err(|e| self.error(raw.span(), format!("{what}: {e}"))).ok()
     }
 }
 
@@ -113,25 +107,13 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         Some(v) => v.get_ref().clone(),
         None => "sumun".to_string(),
     };
-    let shutdown_grace = cx.duration(
-        &raw.shutdown_grace,
-        Duration::from_secs(30),
-        "`shutdown_grace`",
-        false,
-    );
-    let access_log = match raw
-        .access_log
-        .as_ref()
-        .map(|a| (a.get_ref().as_str(), a.span()))
-    {
+    let shutdown_grace = cx.duration(&raw.shutdown_grace, Duration::from_secs(30), "`shutdown_grace`", false);
+    let access_log = match raw.access_log.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
         None | Some(("stdout", _)) => AccessLog::Stdout,
         Some(("stderr", _)) => AccessLog::Stderr,
         Some(("off", _)) => AccessLog::Off,
         Some(("", span)) => {
-            cx.error(
-                span,
-                "`access_log` must be `stdout`, `stderr`, `off` or a file path",
-            );
+            cx.error(span, "`access_log` must be `stdout`, `stderr`, `off` or a file path");
             AccessLog::Off
         }
         Some((path, _)) => AccessLog::File(cx.resolve(path)),
@@ -140,11 +122,7 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
     let mut binds: Vec<(BindAddr, String, Range<usize>)> = Vec::new();
     let admin = raw.admin.as_ref().and_then(|admin| {
         let Some(bind) = &admin.get_ref().bind else {
-            cx.missing(
-                "admin.bind",
-                admin.span(),
-                "`admin` needs `bind`, e.g. `127.0.0.1:9901`",
-            );
+            cx.missing("admin.bind", admin.span(), "`admin` needs `bind`, e.g. `127.0.0.1:9901`");
             return None;
         };
         let addr = bind_addr(cx, bind, "admin")?;
@@ -166,21 +144,14 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
             }
         }
         Some(table) => cx.error(table.span(), "at least one `[listener.NAME]` is required"),
-        None => cx.missing(
-            "listener",
-            0..0,
-            "at least one `[listener.NAME]` is required",
-        ),
+        None => cx.missing("listener", 0..0, "at least one `[listener.NAME]` is required"),
     }
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     check_duplicate_binds(cx, &binds);
 
     let mut raw_upstreams: Vec<_> = raw.upstream.iter().flat_map(|u| &u.get_ref().0).collect();
     raw_upstreams.sort_by(|a, b| a.0.get_ref().cmp(b.0.get_ref()));
-    let upstream_names: Vec<String> = raw_upstreams
-        .iter()
-        .map(|(n, _)| n.get_ref().clone())
-        .collect();
+    let upstream_names: Vec<String> = raw_upstreams.iter().map(|(n, _)| n.get_ref().clone()).collect();
     let mut upstreams = Vec::new();
     for (name, u) in raw_upstreams {
         check_name(cx, name, "upstream");
@@ -189,10 +160,7 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         }
     }
 
-    let names = crate::route::Names {
-        listeners: &listener_names,
-        upstreams: &upstream_names,
-    };
+    let names = crate::route::Names { listeners: &listener_names, upstreams: &upstream_names };
     let routes = crate::route::routes(cx, raw.route.as_deref().unwrap_or_default(), &names);
 
     if cx.sink.has_errors() {
@@ -214,15 +182,11 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
 /// Names show up in logs, metrics and admin paths: keep them plain.
 pub(crate) fn check_name(cx: &mut Ctx<'_, '_>, name: &S<String>, kind: &str) {
     let n = name.get_ref();
-    let ok = !n.is_empty()
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
         cx.error(
             name.span(),
-            format!(
-                "{kind} name `{n}` must be non-empty and use only letters, digits, `-`, `_` and `.`"
-            ),
+            format!("{kind} name `{n}` must be non-empty and use only letters, digits, `-`, `_` and `.`"),
         );
     }
 }
@@ -247,17 +211,13 @@ pub(crate) fn is_dns_name(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
 /// RFC 9110 token: method names, header names, the Via pseudonym.
 pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]

@@ -43,17 +43,12 @@ impl AccessLogger {
             AccessLogTarget::Off => return Ok(None),
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
             AccessLogTarget::Stderr => Box::new(std::io::stderr()),
-            AccessLogTarget::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            AccessLogTarget::File(p) => {
+                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
+            }
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
-            .name("sumun-access-log".into())
-            .spawn(move || write_loop(rx, out))?;
+        std::thread::Builder::new().name("sumun-access-log".into()).spawn(move || write_loop(rx, out))?;
         Ok(Some(AccessLogger { tx }))
     }
 

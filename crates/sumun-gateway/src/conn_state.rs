@@ -51,9 +51,7 @@ impl ConnState {
     fn read_activity(&self) {
         let now = self.now_ms();
         self.last_io.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_started.load(Ordering::Relaxed) == 0
-        {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
             self.head_started.store(now + 1, Ordering::Relaxed);
         }
     }
@@ -132,11 +130,7 @@ impl<S: AsyncRead> AsyncRead for ActivityIo<S> {
 }
 
 impl<S: AsyncWrite> AsyncWrite for ActivityIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -194,9 +188,6 @@ mod tests {
         s.request_started(true);
         s.request_finished();
         s.read_activity();
-        assert!(matches!(
-            s.check(Duration::ZERO, Duration::from_secs(5)),
-            Verdict::WaitUntil(_)
-        ));
+        assert!(matches!(s.check(Duration::ZERO, Duration::from_secs(5)), Verdict::WaitUntil(_)));
     }
 }

@@ -44,11 +44,7 @@ impl Exchange {
         metrics.duration.record(elapsed.as_secs_f64());
         self.conn.request_finished();
         if let Some(log) = &self.access_log {
-            let error = if aborted {
-                Some(self.error.unwrap_or("response_aborted"))
-            } else {
-                self.error
-            };
+            let error = if aborted { Some(self.error.unwrap_or("response_aborted")) } else { self.error };
             log.log(&AccessRecord {
                 time: now_rfc3339(),
                 listener: &self.listener,
@@ -103,12 +99,7 @@ pin_project_lite::pin_project! {
 
 impl ResponseBody {
     pub fn new(inner: Body, status: StatusCode, exchange: Box<Exchange>) -> Self {
-        ResponseBody {
-            inner,
-            status,
-            bytes_out: 0,
-            exchange: Some(exchange),
-        }
+        ResponseBody { inner, status, bytes_out: 0, exchange: Some(exchange) }
     }
 }
 

@@ -15,11 +15,14 @@
 //! frames cleanly.
 //!
 //! Wiring: wrap the cleartext tokio stream, then hand it to hyper through `TokioIo`:
-//! `TokioIo::new(H1Guard::new(stream, DEFAULT_MAX_HEAD))`, where `stream` is the
-//! `TcpStream`, `UnixStream` or the rustls `TlsStream` (TLS below the guard, so it reads
-//! plaintext). `max_head` must be at least hyper's http1 `max_buf_size` (or
-//! `max_header_size`, whichever is smaller): a head larger than `max_head` is not
-//! tracked, which is only safe because hyper answers 431 for it.
+//! `let (io, verdict) = H1Guard::new(stream, max_head);` then
+//! `serve_connection(TokioIo::new(io), service)`, where `stream` is the `TcpStream`,
+//! `UnixStream` or the rustls `TlsStream` (TLS below the guard, so it reads plaintext).
+//! With the `auto` builder, an HTTP/2 connection fails the head parse on its preface and
+//! the guard turns into a pass-through. `max_head` must be at least the head limit hyper
+//! enforces (its http1 `max_buf_size`, or `max_header_size` if set and smaller): a head
+//! split across reads and larger than `max_head` is not tracked, which is only safe
+//! because hyper answers 431 for it.
 //!
 //! What counts as a violation (only ambiguities hyper would otherwise accept; requests
 //! hyper rejects by itself — `Transfer-Encoding` on HTTP/1.0, a final coding other than
@@ -36,10 +39,9 @@
 //!
 //! `CONNECT` and `Upgrade` requests stay tracked: hyper keeps speaking HTTP/1 on the
 //! connection unless the handler answers 101 (or 2xx to `CONNECT`), so pausing there
-//! would let a pipelined request slip by. After a real upgrade the tunnel bytes almost
-//! never parse as a request head (TLS records, WebSocket frames), and the tracker stops
-//! at the first byte that does not; no request handler consults the verdict after an
-//! upgrade anyway.
+//! would let a pipelined request slip by. After a real upgrade, tunnel bytes (TLS
+//! records, WebSocket frames) fail to parse as a request head on their first bytes and
+//! the tracker stops; no request handler consults the verdict after an upgrade anyway.
 
 use std::fmt;
 use std::io;
@@ -52,9 +54,6 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// hyper's default http1 `max_buf_size` (8 KiB + 100 × 4 KiB): the largest head hyper
-/// buffers before answering 431 when the server builder leaves the limit alone.
-pub const DEFAULT_MAX_HEAD: usize = 8192 + 4096 * 100;
 
 /// Header slots on the stack; a head with more fields is re-parsed with heap slots so a
 /// raised hyper `max_headers` cannot open a gap.
@@ -78,9 +77,7 @@ impl Violation {
     /// A short, stable description for logs and error bodies.
     pub fn reason(&self) -> &'static str {
         match self {
-            Violation::ContentLengthWithTransferEncoding => {
-                "both Content-Length and Transfer-Encoding"
-            }
+            Violation::ContentLengthWithTransferEncoding => "both Content-Length and Transfer-Encoding",
             Violation::ChunkedMoreThanOnce => "chunked transfer coding applied more than once",
         }
     }
@@ -148,30 +145,11 @@ impl<T> H1Guard<T> {
     /// Wraps `io`; returns the guard and the verdict handle to give the request handler.
     ///
     /// `max_head` bounds the bytes kept for a request head split across reads; use
-    /// [`DEFAULT_MAX_HEAD`] unless hyper's `max_buf_size` was raised (then pass that).
+    /// hyper's `max_buf_size` for the connection.
     pub fn new(io: T, max_head: usize) -> (Self, GuardVerdict) {
         let verdict = GuardVerdict::default();
-        let guard = H1Guard {
-            io,
-            tracker: Tracker::new(max_head),
-            verdict: verdict.clone(),
-        };
+        let guard = H1Guard { io, tracker: Tracker::new(max_head), verdict: verdict.clone() };
         (guard, verdict)
-    }
-
-    /// The wrapped stream (e.g. to read the TLS session).
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
-
-    /// The wrapped stream, mutably. Bytes read from it directly bypass the guard.
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.io
-    }
-
-    /// Unwraps the stream, dropping the tracker.
-    pub fn into_inner(self) -> T {
-        self.io
     }
 }
 
@@ -186,11 +164,7 @@ impl<T: fmt::Debug> fmt::Debug for H1Guard<T> {
 }
 
 impl<T: AsyncRead> AsyncRead for H1Guard<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.io.poll_read(cx, buf);
@@ -206,11 +180,7 @@ impl<T: AsyncRead> AsyncRead for H1Guard<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for H1Guard<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
 
@@ -294,12 +264,7 @@ struct Tracker {
 
 impl Tracker {
     fn new(max_head: usize) -> Self {
-        Tracker {
-            state: State::Idle,
-            head: Vec::new(),
-            scan_from: 0,
-            max_head,
-        }
+        Tracker { state: State::Idle, head: Vec::new(), scan_from: 0, max_head }
     }
 
     /// Advances over `data`; returns a violation the first time one is found.
@@ -311,11 +276,7 @@ impl Tracker {
                 State::Idle => self.idle(data),
                 State::IdleCr => {
                     // httparse rejects a CR not followed by LF, and so does hyper.
-                    self.state = if data.first() == Some(&b'\n') {
-                        State::Idle
-                    } else {
-                        State::Off
-                    };
+                    self.state = if data.first() == Some(&b'\n') { State::Idle } else { State::Off };
                     1
                 }
                 State::Head => match self.head(data) {
@@ -413,8 +374,7 @@ impl Tracker {
         // head dribbled in byte by byte costs linear time, then parse it once.
         let old = self.head.len();
         let take = data.len().min(self.max_head.saturating_sub(old));
-        self.head
-            .extend_from_slice(data.get(..take).unwrap_or_default());
+        self.head.extend_from_slice(data.get(..take).unwrap_or_default());
         match find_head_end(&self.head, self.scan_from) {
             Ok(end) => {
                 let next = match judge(self.head.get(..end).unwrap_or_default()) {
@@ -532,7 +492,8 @@ impl Tracker {
 }
 
 /// Finds the end of a header section (the first empty line, CRLF or bare LF, as httparse
-/// accepts both) in `buf`, searching from `from`, which must not be inside a line break.
+/// accepts both) in `buf`, searching from `from`, which must not be past the LF that
+/// starts the terminator.
 ///
 /// `Ok(end)` is the length of the head including its terminator; `Err(resume)` is where a
 /// later search over more bytes must restart (a trailing LF still needs its lookahead).
@@ -553,10 +514,7 @@ fn find_head_end(buf: &[u8], from: usize) -> Result<usize, usize> {
 /// Outcome of parsing bytes that start at a request line.
 enum Judged {
     /// A whole head of `len` bytes; `next` is the state for what follows, or a violation.
-    Complete {
-        len: usize,
-        next: Result<State, Violation>,
-    },
+    Complete { len: usize, next: Result<State, Violation> },
     /// A valid prefix of a head.
     Partial,
     /// Not a head hyper accepts: it answers 400 and closes the connection.
@@ -585,10 +543,7 @@ fn judge_with(config: &httparse::ParserConfig, buf: &[u8]) -> Judged {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     match config.parse_request_with_uninit_headers(&mut req, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => Judged::Complete {
-            len,
-            next: body_framing(&req),
-        },
+        Ok(httparse::Status::Complete(len)) => Judged::Complete { len, next: body_framing(&req) },
         Ok(httparse::Status::Partial) => Judged::Partial,
         Err(httparse::Error::TooManyHeaders) => {
             // Rare: more fields than stack slots. A field line takes at least 3 bytes, so
@@ -596,10 +551,7 @@ fn judge_with(config: &httparse::ParserConfig, buf: &[u8]) -> Judged {
             let mut slots = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); buf.len() / 3 + 1];
             let mut req = httparse::Request::new(&mut []);
             match config.parse_request_with_uninit_headers(&mut req, buf, &mut slots) {
-                Ok(httparse::Status::Complete(len)) => Judged::Complete {
-                    len,
-                    next: body_framing(&req),
-                },
+                Ok(httparse::Status::Complete(len)) => Judged::Complete { len, next: body_framing(&req) },
                 Ok(httparse::Status::Partial) => Judged::Partial,
                 Err(_) => Judged::Invalid,
             }
@@ -667,19 +619,13 @@ fn content_length(value: &[u8]) -> Option<u64> {
         return None;
     }
     value.iter().try_fold(0u64, |len, &b| {
-        if b.is_ascii_digit() {
-            len.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
+        if b.is_ascii_digit() { len.checked_mul(10)?.checked_add(u64::from(b - b'0')) } else { None }
     })
 }
 
 /// hyper's test for a chunked field line: visible ASCII, last coding is `chunked`.
 fn ends_in_chunked(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
         && value
             .rsplit(|&b| b == b',')
             .next()
@@ -692,6 +638,8 @@ fn hex_digit(byte: u8) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    /// hyper's default http1 `max_buf_size`.
+    pub(super) const DEFAULT_MAX_HEAD: usize = 8192 + 4096 * 100;
     use super::*;
 
     fn feed_all(chunks: &[&[u8]]) -> (Option<Violation>, State) {
@@ -724,10 +672,7 @@ mod tests {
         for input in inputs {
             assert_eq!(
                 one_read(input),
-                (
-                    Some(Violation::ContentLengthWithTransferEncoding),
-                    State::Off
-                ),
+                (Some(Violation::ContentLengthWithTransferEncoding), State::Off),
                 "{}",
                 String::from_utf8_lossy(input)
             );
@@ -737,10 +682,7 @@ mod tests {
     #[test]
     fn clean_get_is_tracked_to_the_next_request() {
         assert_eq!(one_read(GET), (None, State::Idle));
-        assert_eq!(
-            one_read(b"GET / HTTP/1.1\nHost: a\n\n"),
-            (None, State::Idle)
-        );
+        assert_eq!(one_read(b"GET / HTTP/1.1\nHost: a\n\n"), (None, State::Idle));
         let mut twice = GET.to_vec();
         twice.extend_from_slice(b"\r\n");
         twice.extend_from_slice(GET);
@@ -751,13 +693,7 @@ mod tests {
     fn pipelined_violation_after_a_length_framed_body_is_found() {
         let input = b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world\
             POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            one_read(input),
-            (
-                Some(Violation::ContentLengthWithTransferEncoding),
-                State::Off
-            )
-        );
+        assert_eq!(one_read(input), (Some(Violation::ContentLengthWithTransferEncoding), State::Off));
     }
 
     const CHUNKED: &[u8] = b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\
@@ -777,24 +713,18 @@ mod tests {
 
         let mut bad = clean.clone();
         bad.extend_from_slice(BAD);
-        assert_eq!(
-            one_read(&bad),
-            (
-                Some(Violation::ContentLengthWithTransferEncoding),
-                State::Off
-            )
-        );
+        assert_eq!(one_read(&bad), (Some(Violation::ContentLengthWithTransferEncoding), State::Off));
     }
 
     /// Requests of every framing, clean and bad, for the split-point test.
     fn corpus() -> Vec<Vec<u8>> {
-        let length_body =
-            b"POST /l HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\nhello\r\n\r\nbye";
+        let length_body = b"POST /l HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\nhello\r\n\r\nbye";
         let mut clean = Vec::new();
         clean.extend_from_slice(CHUNKED);
         clean.extend_from_slice(b"\r\n");
         clean.extend_from_slice(length_body);
         clean.extend_from_slice(GET);
+        clean.extend_from_slice(b"\nGET /lf HTTP/1.1\nHost: a\n\n");
         let mut bad = clean.clone();
         bad.extend_from_slice(BAD);
         let mut twice = clean.clone();
@@ -806,10 +736,7 @@ mod tests {
     fn every_split_point_gives_the_same_verdict_as_one_read() {
         let expected = [
             (None, State::Idle),
-            (
-                Some(Violation::ContentLengthWithTransferEncoding),
-                State::Off,
-            ),
+            (Some(Violation::ContentLengthWithTransferEncoding), State::Off),
             (Some(Violation::ChunkedMoreThanOnce), State::Off),
         ];
         for (input, expected) in corpus().iter().zip(expected) {
@@ -831,23 +758,16 @@ mod tests {
 
     #[test]
     fn header_text_inside_a_length_framed_body_is_not_a_violation() {
-        let body =
-            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        let mut input = format!(
-            "POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let mut input =
+            format!("POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         input.extend_from_slice(body);
         input.extend_from_slice(GET);
         assert_eq!(one_read(&input), (None, State::Idle));
 
         // Same text inside a chunk.
-        let mut input = format!(
-            "POST /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:X}\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut input = format!("POST /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:X}\r\n", body.len())
+            .into_bytes();
         input.extend_from_slice(body);
         input.extend_from_slice(b"\r\n0\r\n\r\n");
         input.extend_from_slice(GET);
@@ -856,14 +776,12 @@ mod tests {
 
     #[test]
     fn te_lines_combining_to_one_final_chunked_are_fine_but_chunked_twice_is_not() {
-        let once = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let once =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(one_read(once), (None, State::Idle));
         let twice_lines =
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            one_read(twice_lines),
-            (Some(Violation::ChunkedMoreThanOnce), State::Off)
-        );
+        assert_eq!(one_read(twice_lines), (Some(Violation::ChunkedMoreThanOnce), State::Off));
         // hyper rejects these itself: no violation, stop tracking.
         let not_final = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
         assert_eq!(one_read(not_final), (None, State::Off));
@@ -878,34 +796,23 @@ mod tests {
     #[test]
     fn connect_and_upgrade_stay_tracked_until_the_stream_stops_being_http() {
         // Tunnel bytes after CONNECT (a TLS ClientHello) stop the tracker, no violation.
-        let mut connect =
-            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec();
-        connect.extend_from_slice(&[
-            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-        ]);
+        let mut connect = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec();
+        connect.extend_from_slice(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
         assert_eq!(one_read(&connect), (None, State::Off));
 
         // WebSocket frames after an upgrade request, even ones carrying header text.
-        let mut upgrade =
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        let mut upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-                .to_vec();
+            .to_vec();
         upgrade.extend_from_slice(&[0x81, 0xb5, 1, 2, 3, 4]);
         upgrade.extend_from_slice(b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(one_read(&upgrade), (None, State::Off));
 
         // hyper keeps speaking HTTP/1 unless the handler answers 101, so a pipelined
         // request after an unanswered upgrade must still be checked.
-        let mut sneaky =
-            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n".to_vec();
+        let mut sneaky = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n".to_vec();
         sneaky.extend_from_slice(BAD);
-        assert_eq!(
-            one_read(&sneaky),
-            (
-                Some(Violation::ContentLengthWithTransferEncoding),
-                State::Off
-            )
-        );
+        assert_eq!(one_read(&sneaky), (Some(Violation::ContentLengthWithTransferEncoding), State::Off));
     }
 
     #[test]
@@ -921,10 +828,7 @@ mod tests {
         assert!(tracker.head.capacity() == 0, "buffer released");
 
         // Same head in one read: no copy needed, so it is still judged.
-        assert_eq!(
-            Tracker::new(1024).feed(&input),
-            Some(Violation::ContentLengthWithTransferEncoding)
-        );
+        assert_eq!(Tracker::new(1024).feed(&input), Some(Violation::ContentLengthWithTransferEncoding));
     }
 
     #[test]
@@ -934,13 +838,7 @@ mod tests {
             input.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
         input.extend_from_slice(b"Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n");
-        assert_eq!(
-            one_read(&input),
-            (
-                Some(Violation::ContentLengthWithTransferEncoding),
-                State::Off
-            )
-        );
+        assert_eq!(one_read(&input), (Some(Violation::ContentLengthWithTransferEncoding), State::Off));
     }
 
     #[test]
@@ -964,6 +862,7 @@ mod tests {
         overflow.extend_from_slice(b"fffffffffffffffffffff\r\n");
         assert_eq!(one_read(&overflow), (None, State::Off));
         assert_eq!(one_read(b"\r\r\n"), (None, State::Off));
+        assert_eq!(one_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04"), (None, State::Off));
         assert_eq!(one_read(&[0u8; 10]), (None, State::Off));
         assert_eq!(
             one_read(b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"),
@@ -1006,8 +905,7 @@ mod tests {
             if let Some(violation) = verdict.violation() {
                 let mut resp = Response::new(violation.reason().to_owned());
                 *resp.status_mut() = StatusCode::BAD_REQUEST;
-                resp.headers_mut()
-                    .insert(hyper::header::CONNECTION, "close".parse().unwrap());
+                resp.headers_mut().insert(hyper::header::CONNECTION, "close".parse().unwrap());
                 return Ok(resp);
             }
             let mut body = req.into_body();
@@ -1022,7 +920,7 @@ mod tests {
 
         fn serve() -> DuplexStream {
             let (client, server) = tokio::io::duplex(64 * 1024);
-            let (guard, verdict) = H1Guard::new(server, DEFAULT_MAX_HEAD);
+            let (guard, verdict) = H1Guard::new(server, super::tests::DEFAULT_MAX_HEAD);
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(req, verdict.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -1037,23 +935,15 @@ mod tests {
             let mut got = Vec::new();
             let mut byte = [0u8; 1];
             loop {
-                assert_eq!(
-                    client.read(&mut byte).await.unwrap(),
-                    1,
-                    "early EOF: {got:?}"
-                );
+                assert_eq!(client.read(&mut byte).await.unwrap(), 1, "early EOF: {got:?}");
                 got.push(byte[0]);
                 if got.ends_with(b"\r\n\r\n") {
                     break;
                 }
             }
             let text = String::from_utf8(got).unwrap();
-            let len: usize = text
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .unwrap()
-                .parse()
-                .unwrap();
+            let len: usize =
+                text.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
             let mut body = vec![0; len];
             client.read_exact(&mut body).await.unwrap();
             text + &String::from_utf8(body).unwrap()
@@ -1062,27 +952,18 @@ mod tests {
         #[tokio::test]
         async fn hyper_sees_the_verdict_before_the_handler_runs() {
             let mut client = serve();
-            client
-                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-                .await
-                .unwrap();
+            client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
             let first = response(&mut client).await;
             assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
 
             // Smuggling-looking text inside a body is just data.
             let body = "Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-            let head = format!(
-                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
+            let head = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len());
             client.write_all(head.as_bytes()).await.unwrap();
             client.write_all(body.as_bytes()).await.unwrap();
             let second = response(&mut client).await;
             assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
-            assert!(
-                second.ends_with(&format!("\r\n\r\n{}", body.len())),
-                "{second}"
-            );
+            assert!(second.ends_with(&format!("\r\n\r\n{}", body.len())), "{second}");
 
             // hyper alone would read this as chunked and answer 200.
             client
@@ -1091,10 +972,7 @@ mod tests {
                 .unwrap();
             let third = response(&mut client).await;
             assert!(third.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{third}");
-            assert!(
-                third.ends_with("both Content-Length and Transfer-Encoding"),
-                "{third}"
-            );
+            assert!(third.ends_with("both Content-Length and Transfer-Encoding"), "{third}");
             let mut rest = Vec::new();
             client.read_to_end(&mut rest).await.unwrap();
             assert!(rest.is_empty(), "connection closed after the 400");

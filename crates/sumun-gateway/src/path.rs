@@ -29,9 +29,7 @@ impl PathError {
             PathError::BadEscape => "the request path has a malformed percent-escape",
             PathError::NulByte => "the request path contains an encoded NUL",
             PathError::Backslash => "the request path contains a backslash",
-            PathError::EncodedTraversal => {
-                "the request path hides a dot-segment behind encoded slashes"
-            }
+            PathError::EncodedTraversal => "the request path hides a dot-segment behind encoded slashes",
         }
     }
 }
@@ -49,11 +47,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !has_escape && !needs_segment_work(bytes) {
         return Ok(Cow::Borrowed(path));
     }
-    let decoded = if has_escape {
-        decode_unreserved(bytes)?
-    } else {
-        path.to_owned()
-    };
+    let decoded = if has_escape { decode_unreserved(bytes)? } else { path.to_owned() };
     let out = remove_dot_segments(&decoded);
     if has_escape && out.contains('%') && decoded_has_traversal(&out) {
         return Err(PathError::EncodedTraversal);
@@ -85,10 +79,8 @@ fn decode_unreserved(b: &[u8]) -> Result<String, PathError> {
     while i < b.len() {
         let c = b[i];
         if c == b'%' {
-            let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&x| hex(x)),
-                b.get(i + 2).and_then(|&x| hex(x)),
-            ) else {
+            let (Some(h), Some(l)) = (b.get(i + 1).and_then(|&x| hex(x)), b.get(i + 2).and_then(|&x| hex(x)))
+            else {
                 return Err(PathError::BadEscape);
             };
             let v = h * 16 + l;
@@ -152,10 +144,7 @@ mod tests {
 
     #[test]
     fn unchanged_paths_are_borrowed() {
-        assert!(matches!(
-            normalize("/api/v1/users?x").unwrap(),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(normalize("/api/v1/users?x").unwrap(), Cow::Borrowed(_)));
         assert!(matches!(normalize("/").unwrap(), Cow::Borrowed(_)));
     }
 
@@ -188,17 +177,8 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%00b"), Err(PathError::NulByte));
         assert_eq!(normalize("/a\\..\\b"), Err(PathError::Backslash));
-        assert_eq!(
-            normalize("/public%2F..%2Fadmin"),
-            Err(PathError::EncodedTraversal)
-        );
-        assert_eq!(
-            normalize("/public%5C..%5Cadmin"),
-            Err(PathError::EncodedTraversal)
-        );
-        assert_eq!(
-            normalize("/x/%2e%2e%2Fadmin"),
-            Err(PathError::EncodedTraversal)
-        );
+        assert_eq!(normalize("/public%2F..%2Fadmin"), Err(PathError::EncodedTraversal));
+        assert_eq!(normalize("/public%5C..%5Cadmin"), Err(PathError::EncodedTraversal));
+        assert_eq!(normalize("/x/%2e%2e%2Fadmin"), Err(PathError::EncodedTraversal));
     }
 }

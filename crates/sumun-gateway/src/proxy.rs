@@ -3,7 +3,6 @@
 //! panics on client input.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,10 +24,7 @@ use crate::server::ConnCtx;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// hyper's entry point for every request on a connection.
-pub async fn handle(
-    req: Request<Incoming>,
-    ctx: Arc<ConnCtx>,
-) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let runtime = ctx.shared.runtime.load_full();
     ctx.state.request_started(req.version() == Version::HTTP_2);
@@ -45,11 +41,7 @@ pub async fn handle(
         start,
         method: req.method().clone(),
         // Only the access log needs its own copy of the path.
-        path: if ctx.shared.access_log.is_some() {
-            req.uri().path().to_owned()
-        } else {
-            String::new()
-        },
+        path: if ctx.shared.access_log.is_some() { req.uri().path().to_owned() } else { String::new() },
         version: req.version(),
         request_id: request_id.clone(),
         route: None,
@@ -70,51 +62,33 @@ pub async fn handle(
         problem_response(e.status(), e.detail, Some(&request_id))
     });
     if close {
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     let status = res.status();
     let (parts, body) = res.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::new(body, status, ex),
-    ))
+    Ok(Response::from_parts(parts, ResponseBody::new(body, status, ex)))
 }
 
-/// The host a request is for, and its port: the absolute-form/`:authority` value wins over
-/// `Host` (RFC 9112 §3.2.2); an HTTP/1.1 request with neither, or two `Host` fields, is refused.
-fn request_host(req: &Request<Incoming>) -> Result<Option<(String, Option<u16>)>, ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::new(
-            ErrorKind::BadRequest,
-            "the request has more than one Host field",
-        ));
-    }
-    if let Some(auth) = req.uri().authority() {
-        return Ok(Some((auth.host().to_owned(), auth.port_u16())));
-    }
-    match host {
-        Some(h) => {
-            let auth = http::uri::Authority::try_from(h.as_bytes()).map_err(|_| {
-                ProxyError::new(ErrorKind::BadRequest, "the Host field is malformed")
-            })?;
-            if auth.as_str().contains('@') {
-                return Err(ProxyError::new(
-                    ErrorKind::BadRequest,
-                    "the Host field is malformed",
-                ));
-            }
-            Ok(Some((auth.host().to_owned(), auth.port_u16())))
+/// Splits a `Host`/authority value into host and port, refusing anything that is not a
+/// plain reg-name, IPv4 or bracketed IPv6 literal (no userinfo, no path characters).
+fn parse_host(s: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if s.starts_with('[') {
+        let end = s.find(']')?;
+        let (h, rest) = s.split_at(end + 1);
+        if !h[1..h.len() - 1].bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
+            return None;
         }
-        None if req.version() == Version::HTTP_11 => Err(ProxyError::new(
-            ErrorKind::BadRequest,
-            "an HTTP/1.1 request must carry a Host field",
-        )),
-        None => Ok(None),
-    }
+        (h, rest.strip_prefix(':').or(if rest.is_empty() { Some("") } else { None })?)
+    } else {
+        let (h, p) = s.rsplit_once(':').unwrap_or((s, ""));
+        if h.is_empty() || !h.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')) {
+            return None;
+        }
+        (h, p)
+    };
+    let port = if port.is_empty() { None } else { Some(port.parse::<u16>().ok()?) };
+    Some((host, port))
 }
 
 async fn dispatch(
@@ -124,59 +98,57 @@ async fn dispatch(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
-        return Err(ProxyError::new(
-            ErrorKind::BadRequest,
-            "CONNECT is not accepted on this listener",
-        ));
+        return Err(ProxyError::new(ErrorKind::BadRequest, "CONNECT is not accepted on this listener"));
     }
-    let host = request_host(&req)?;
-    let normalized = path::normalize(req.uri().path())
-        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.detail()))?
-        .into_owned();
-    if via_contains(req.headers(), &runtime.via_pseudonym) {
-        return Err(ProxyError::new(
-            ErrorKind::Loop,
-            "the request has already passed through this proxy",
-        ));
+    // Cheap reference-counted copies, so the borrowed views below outlive `req`.
+    let uri = req.uri().clone();
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_field = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(ProxyError::new(ErrorKind::BadRequest, "the request has more than one Host field"));
+    }
+    // The absolute-form/`:authority` value wins over `Host` (RFC 9112 §3.2.2).
+    let host_text = match (uri.authority(), &host_field) {
+        (Some(a), _) => Some(a.as_str()),
+        (None, Some(h)) => Some(h.to_str().map_err(|_| bad_host())?),
+        (None, None) if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::new(ErrorKind::BadRequest, "an HTTP/1.1 request must carry a Host field"));
+        }
+        (None, None) => None,
+    };
+    let host = match host_text {
+        Some(t) => Some(parse_host(t).ok_or_else(bad_host)?),
+        None => None,
+    };
+    let normalized =
+        path::normalize(uri.path()).map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.detail()))?;
+    if via_contains(req.headers(), &runtime.via.pseudonym) {
+        return Err(ProxyError::new(ErrorKind::Loop, "the request has already passed through this proxy"));
     }
     let view = RequestView {
         listener: &ctx.listener,
-        host: host.as_ref().map(|(h, _)| h.as_str()),
-        port: host.as_ref().and_then(|(_, p)| *p),
+        host: host.map(|(h, _)| h),
+        port: host.and_then(|(_, p)| p),
         path: &normalized,
         method: req.method(),
         headers: req.headers(),
     };
-    let Some((index, route)) = runtime
-        .routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.matcher.matches(&view))
+    let Some((index, route)) = runtime.routes.iter().enumerate().find(|(_, r)| r.matcher.matches(&view))
     else {
-        return Err(ProxyError::new(
-            ErrorKind::NoRoute,
-            "no route matches this request",
-        ));
+        return Err(ProxyError::new(ErrorKind::NoRoute, "no route matches this request"));
     };
     ex.route = Some(index);
 
-    let listener = runtime.listeners.get(&*ctx.listener);
+    let listener = runtime.listener(&ctx.listener);
     let max_body = listener.map_or(u64::MAX, |l| l.limits.max_body_bytes);
     let declared = content_length(req.headers())?;
     if declared.is_some_and(|n| n > max_body) {
-        return Err(ProxyError::new(
-            ErrorKind::BodyTooLarge,
-            "the request body is larger than allowed",
-        ));
+        return Err(ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed"));
     }
     ex.bytes_in = declared.unwrap_or(0);
 
     let mut res = match &route.action {
-        Action::Respond {
-            status,
-            body,
-            headers,
-        } => {
+        Action::Respond { status, body, headers } => {
             let mut res = Response::new(Body::full(body.clone()));
             *res.status_mut() = *status;
             for (n, v) in headers {
@@ -195,15 +167,7 @@ async fn dispatch(
             let trust = listener.is_some_and(|l| l.trust_forwarded);
             let (mut parts, incoming) = req.into_parts();
             let body = Body::limited(incoming, max_body);
-            prepare_upstream_request(
-                &mut parts,
-                &normalized,
-                host.as_ref(),
-                route,
-                ctx,
-                runtime,
-                trust,
-            );
+            prepare_upstream_request(&mut parts, &normalized, host.is_some(), route, ctx, runtime, trust);
             let endpoint = pool.pick()?;
             ex.upstream = Some(endpoint.label.clone());
             let t0 = Instant::now();
@@ -212,7 +176,7 @@ async fn dispatch(
             let upstream_res = upstream_res?;
             let (mut rparts, rbody) = upstream_res.into_parts();
             strip_hop_by_hop_response(&mut rparts.headers);
-            append_via(&mut rparts.headers, rparts.version, &runtime.via_pseudonym);
+            append_via(&mut rparts.headers, rparts.version, &runtime.via);
             rparts.version = Version::HTTP_11;
             Response::from_parts(rparts, Body::incoming(rbody))
         }
@@ -221,20 +185,18 @@ async fn dispatch(
     Ok(res)
 }
 
+fn bad_host() -> ProxyError {
+    ProxyError::new(ErrorKind::BadRequest, "the Host field is malformed")
+}
+
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
     match headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ProxyError::new(
-                    ErrorKind::BadRequest,
-                    "the Content-Length field is malformed",
-                )
-            }),
+        Some(v) => {
+            v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
+                ProxyError::new(ErrorKind::BadRequest, "the Content-Length field is malformed")
+            })
+        }
     }
 }
 
@@ -243,8 +205,8 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 /// override anything.
 fn prepare_upstream_request(
     parts: &mut http::request::Parts,
-    normalized: &str,
-    host: Option<&(String, Option<u16>)>,
+    normalized: &std::borrow::Cow<'_, str>,
+    has_host: bool,
     route: &CompiledRoute,
     ctx: &ConnCtx,
     runtime: &Runtime,
@@ -257,40 +219,39 @@ fn prepare_upstream_request(
         if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
             parts.headers.insert(header::HOST, v);
         }
-    } else if host.is_none() {
+    } else if !has_host {
         parts.headers.remove(header::HOST);
     }
     let proto = if ctx.tls { "https" } else { "http" };
     let host_value = parts.headers.get(header::HOST).cloned();
     apply_forwarded(
         &mut parts.headers,
-        ClientHop {
-            client_ip: ctx.peer.map(|p: SocketAddr| p.ip()),
-            proto,
-            host: host_value.as_ref(),
-        },
+        ClientHop { node: &ctx.node, proto, host: host_value.as_ref() },
         trust,
     );
-    append_via(&mut parts.headers, parts.version, &runtime.via_pseudonym);
+    append_via(&mut parts.headers, parts.version, &runtime.via);
     if hop.te_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
     let path = rewrite_path(route, normalized);
-    let pq = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.into_owned(),
+    let unchanged = matches!(path, std::borrow::Cow::Borrowed(p) if p.len() == parts.uri.path().len());
+    parts.uri = match (unchanged, parts.uri.path_and_query()) {
+        // The common case: the client's path and query go up as they came, no copy.
+        (true, Some(pq)) => http::Uri::from(pq.clone()),
+        _ => {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            PathAndQuery::try_from(pq).map(http::Uri::from).unwrap_or_else(|_| http::Uri::from_static("/"))
+        }
     };
-    parts.uri = PathAndQuery::try_from(pq.as_str())
-        .map(http::Uri::from)
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
     parts.version = Version::HTTP_11;
     route.request_headers.apply(&mut parts.headers);
 }
 
-fn rewrite_path<'a>(route: &CompiledRoute, normalized: &'a str) -> std::borrow::Cow<'a, str> {
+fn rewrite_path<'a>(route: &CompiledRoute, normalized: &'a std::borrow::Cow<'_, str>) -> std::borrow::Cow<'a, str> {
     if let Some(p) = &route.rewrite.path {
         return p.clone().into();
     }
@@ -298,13 +259,12 @@ fn rewrite_path<'a>(route: &CompiledRoute, normalized: &'a str) -> std::borrow::
         && prefix_matches(prefix, normalized)
     {
         let rest = normalized.get(prefix.len()..).unwrap_or("");
-        return if rest.is_empty() {
-            "/".into()
-        } else {
-            rest.to_owned().into()
-        };
+        return if rest.is_empty() { "/".into() } else { rest.to_owned().into() };
     }
-    normalized.into()
+    match normalized {
+        std::borrow::Cow::Borrowed(p) => std::borrow::Cow::Borrowed(p),
+        std::borrow::Cow::Owned(p) => std::borrow::Cow::Owned(p.clone()),
+    }
 }
 
 /// The echo target: the request as sumun received it (after normalization), as JSON.
@@ -334,15 +294,9 @@ async fn echo(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if sumun_http::body::is_body_too_large(e.as_ref()) {
-                ProxyError::new(
-                    ErrorKind::BodyTooLarge,
-                    "the request body is larger than allowed",
-                )
+                ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed")
             } else {
-                ProxyError::new(
-                    ErrorKind::DownstreamBody,
-                    "the request body could not be read",
-                )
+                ProxyError::new(ErrorKind::DownstreamBody, "the request body could not be read")
             }
         })?;
         if let Some(d) = frame.data_ref() {
@@ -360,14 +314,8 @@ async fn echo(
         "listener": &*ctx.listener,
         "tls": ctx.tls,
     });
-    let mut res = Response::new(Body::full(
-        serde_json::to_vec_pretty(&doc).unwrap_or_default(),
-    ));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut res = Response::new(Body::full(serde_json::to_vec_pretty(&doc).unwrap_or_default()));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }

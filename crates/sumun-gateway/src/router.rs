@@ -43,11 +43,7 @@ impl Matcher {
             listeners: listeners.to_vec(),
             host: m.host.clone(),
             path: m.path.clone(),
-            methods: m
-                .methods
-                .iter()
-                .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
-                .collect(),
+            methods: m.methods.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect(),
             headers: m
                 .headers
                 .iter()
@@ -109,9 +105,7 @@ fn host_matches(m: &HostMatch, host: Option<&str>, port: Option<u16>) -> bool {
         HostMatch::Exact { host: h, port } => (host.eq_ignore_ascii_case(h), *port),
         HostMatch::Wildcard { suffix, port } => {
             let ok = host.len() > suffix.len()
-                && host
-                    .get(host.len() - suffix.len()..)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(suffix));
+                && host.get(host.len() - suffix.len()..).is_some_and(|s| s.eq_ignore_ascii_case(suffix));
             (ok, *port)
         }
     };
@@ -138,28 +132,19 @@ fn version_matches(v: &Version, req: &RequestView<'_>) -> bool {
     if req.path.split('/').any(|s| s == v.segment) {
         return true;
     }
-    if let Some(x) = req
-        .headers
-        .get(&X_API_VERSION)
-        .and_then(|h| h.to_str().ok())
+    if let Some(x) = req.headers.get(&X_API_VERSION).and_then(|h| h.to_str().ok())
         && x.trim() == v.raw
     {
         return true;
     }
-    req.headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .any(|accept| {
-            accept.split(',').any(|range| {
-                let media = range.split(';').next().unwrap_or("").trim();
-                media.len() > "application/vnd.".len()
-                    && media
-                        .get(..16)
-                        .is_some_and(|p| p.eq_ignore_ascii_case("application/vnd."))
-                    && media.ends_with(&v.media_suffix)
-            })
+    req.headers.get_all(header::ACCEPT).iter().filter_map(|h| h.to_str().ok()).any(|accept| {
+        accept.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or("").trim();
+            media.len() > "application/vnd.".len()
+                && media.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/vnd."))
+                && media.ends_with(&v.media_suffix)
         })
+    })
 }
 
 #[cfg(test)]
@@ -179,25 +164,12 @@ mod tests {
 
     #[test]
     fn hosts() {
-        let exact = HostMatch::Exact {
-            host: "api.example.com".into(),
-            port: None,
-        };
+        let exact = HostMatch::Exact { host: "api.example.com".into(), port: None };
         assert!(host_matches(&exact, Some("API.example.COM"), Some(1)));
-        let with_port = HostMatch::Exact {
-            host: "api.example.com".into(),
-            port: Some(80),
-        };
-        assert!(!host_matches(
-            &with_port,
-            Some("api.example.com"),
-            Some(8080)
-        ));
+        let with_port = HostMatch::Exact { host: "api.example.com".into(), port: Some(80) };
+        assert!(!host_matches(&with_port, Some("api.example.com"), Some(8080)));
         assert!(!host_matches(&with_port, Some("api.example.com"), None));
-        let wild = HostMatch::Wildcard {
-            suffix: ".example.com".into(),
-            port: None,
-        };
+        let wild = HostMatch::Wildcard { suffix: ".example.com".into(), port: None };
         assert!(host_matches(&wild, Some("a.b.example.com"), None));
         assert!(!host_matches(&wild, Some("example.com"), None));
         assert!(!host_matches(&wild, Some("badexample.com"), None));
@@ -214,10 +186,7 @@ mod tests {
 
     #[test]
     fn versions_three_ways() {
-        let m = RouteMatch {
-            version: Some("2".into()),
-            ..Default::default()
-        };
+        let m = RouteMatch { version: Some("2".into()), ..Default::default() };
         let matcher = Matcher::compile(&[], &m);
         let get = Method::GET;
         let empty = HeaderMap::new();
@@ -225,16 +194,10 @@ mod tests {
         assert!(!matcher.matches(&view("/api/v20/users", &empty, &get)));
         assert!(!matcher.matches(&view("/api/users", &empty, &get)));
         let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/html, application/vnd.acme.v2+json; q=0.9"),
-        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/html, application/vnd.acme.v2+json; q=0.9"));
         assert!(matcher.matches(&view("/api/users", &h, &get)));
         let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/vnd.acme.v3+json"),
-        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.acme.v3+json"));
         assert!(!matcher.matches(&view("/api/users", &h, &get)));
         let mut h = HeaderMap::new();
         h.insert("x-api-version", HeaderValue::from_static(" 2 "));

@@ -2,13 +2,13 @@
 //! and keeps it to the end; a reload builds a whole new one (TLS files and all) before it is
 //! swapped in, so a bad config never replaces a running one.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use metrics::{Counter, Histogram};
+use sumun_http::forwarded::ViaEntries;
 use sumun_config::{Config, HeaderOps, Limits, Rewrite, Target};
 use sumun_upstream::UpstreamPool;
 use tokio_rustls::TlsAcceptor;
@@ -26,15 +26,8 @@ pub struct ListenerRuntime {
 /// What a matched route does.
 pub enum Action {
     Upstream(Arc<UpstreamPool>),
-    Respond {
-        status: StatusCode,
-        body: Bytes,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    },
-    Redirect {
-        status: StatusCode,
-        location: HeaderValue,
-    },
+    Respond { status: StatusCode, body: Bytes, headers: Vec<(HeaderName, HeaderValue)> },
+    Redirect { status: StatusCode, location: HeaderValue },
     Echo,
 }
 
@@ -49,11 +42,7 @@ pub struct CompiledHeaderOps {
 impl CompiledHeaderOps {
     fn compile(ops: &HeaderOps) -> Self {
         CompiledHeaderOps {
-            remove: ops
-                .remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                .collect(),
+            remove: ops.remove.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
             set: pairs(&ops.set),
             add: pairs(&ops.add),
         }
@@ -79,10 +68,7 @@ impl CompiledHeaderOps {
 fn pairs(list: &[(String, String)]) -> Vec<(HeaderName, HeaderValue)> {
     list.iter()
         .filter_map(|(n, v)| {
-            Some((
-                HeaderName::from_bytes(n.as_bytes()).ok()?,
-                HeaderValue::from_str(v).ok()?,
-            ))
+            Some((HeaderName::from_bytes(n.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
         })
         .collect()
 }
@@ -126,16 +112,19 @@ pub struct CompiledRoute {
 
 pub struct Runtime {
     pub config: Arc<Config>,
-    pub via_pseudonym: String,
+    pub via: ViaEntries,
     pub routes: Vec<CompiledRoute>,
     pub pools: Vec<Arc<UpstreamPool>>,
-    pub listeners: HashMap<String, ListenerRuntime>,
+    /// By name; a handful at most, so a linear scan beats hashing.
+    pub listeners: Vec<(String, ListenerRuntime)>,
     /// Requests that match no route are counted here.
     pub unrouted: RouteMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("via pseudonym `{0}` cannot be used in a header")]
+    Via(String),
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
 }
@@ -144,23 +133,19 @@ impl Runtime {
     /// Compiles `config`. Upstream pools whose settings did not change are taken over from
     /// `previous`, so a reload keeps their warm connections.
     pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, BuildError> {
-        let mut listeners = HashMap::new();
+        let mut listeners = Vec::new();
         for l in &config.listeners {
             let tls = match &l.tls {
-                Some(t) => Some(tls::acceptor(t).map_err(|source| BuildError::Tls {
-                    listener: l.name.clone(),
-                    source,
-                })?),
+                Some(t) => Some(
+                    tls::acceptor(t)
+                        .map_err(|source| BuildError::Tls { listener: l.name.clone(), source })?,
+                ),
                 None => None,
             };
-            listeners.insert(
+            listeners.push((
                 l.name.clone(),
-                ListenerRuntime {
-                    limits: l.limits.clone(),
-                    tls,
-                    trust_forwarded: l.trust_forwarded,
-                },
-            );
+                ListenerRuntime { limits: l.limits.clone(), tls, trust_forwarded: l.trust_forwarded },
+            ));
         }
         let pools: Vec<Arc<UpstreamPool>> = config
             .upstreams
@@ -197,8 +182,7 @@ impl Runtime {
                         headers: pairs(&resp.headers),
                     },
                     Target::Redirect { location, status } => Action::Redirect {
-                        status: StatusCode::from_u16(*status)
-                            .unwrap_or(StatusCode::PERMANENT_REDIRECT),
+                        status: StatusCode::from_u16(*status).unwrap_or(StatusCode::PERMANENT_REDIRECT),
                         location: HeaderValue::from_str(location)
                             .unwrap_or_else(|_| HeaderValue::from_static("/")),
                     },
@@ -217,13 +201,17 @@ impl Runtime {
             .collect();
         let unrouted_name: Arc<str> = Arc::from("");
         Ok(Runtime {
-            via_pseudonym: config.via.clone(),
+            via: ViaEntries::new(&config.via).ok_or_else(|| BuildError::Via(config.via.clone()))?,
             config: Arc::new(config),
             routes,
             pools,
             listeners,
             unrouted: RouteMetrics::new(&unrouted_name),
         })
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, l)| l)
     }
 
     /// The first route that matches, in file order.

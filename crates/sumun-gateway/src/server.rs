@@ -20,20 +20,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::access_log::AccessLogger;
 use crate::conn_state::{ActivityIo, ConnState, Verdict};
-// TEMP until h1guard lands
-#[derive(Clone)]
-pub struct GuardVerdict;
-pub struct V;
-impl V {
-    fn reason(&self) -> &'static str {
-        ""
-    }
-}
-impl GuardVerdict {
-    fn violation(&self) -> Option<V> {
-        None
-    }
-}
+use crate::h1guard::{GuardVerdict, H1Guard};
 use crate::runtime::Runtime;
 
 /// State shared by every connection of every listener.
@@ -47,6 +34,8 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub listener: Arc<str>,
     pub peer: Option<SocketAddr>,
+    /// The peer in `Forwarded`/`X-Forwarded-For` syntax, formatted once per connection.
+    pub node: sumun_http::forwarded::ClientNode,
     pub tls: bool,
     pub state: Arc<ConnState>,
     guard: GuardVerdict,
@@ -91,11 +80,7 @@ impl Drop for ConnGuard {
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("listener `{name}`: cannot bind {bind}: {source}")]
-    Bind {
-        name: String,
-        bind: String,
-        source: std::io::Error,
-    },
+    Bind { name: String, bind: String, source: std::io::Error },
 }
 
 /// The running gateway: current runtime plus the listeners serving it.
@@ -115,10 +100,7 @@ impl Gateway {
     pub fn new(runtime: Runtime, access_log: Option<AccessLogger>) -> Arc<Gateway> {
         let (shutdown, _) = watch::channel(false);
         Arc::new(Gateway {
-            shared: Arc::new(Shared {
-                runtime: ArcSwap::from_pointee(runtime),
-                access_log,
-            }),
+            shared: Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), access_log }),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             shutdown,
             tracker: Arc::new(ConnTracker::default()),
@@ -153,31 +135,18 @@ impl Gateway {
         for l in &next.config.listeners {
             let keep = running.get(&l.name).is_some_and(|r| r.bind == l.bind);
             if !keep {
-                let bound = bind(&l.bind, running.get(&l.name).is_some())
-                    .await
-                    .map_err(|source| ListenError::Bind {
-                        name: l.name.clone(),
-                        bind: l.bind.to_string(),
-                        source,
-                    })?;
-                fresh.push((
-                    l.name.clone(),
-                    l.bind.clone(),
-                    bound,
-                    l.limits.max_connections,
-                ));
+                let bound = bind(&l.bind, running.get(&l.name).is_some()).await.map_err(|source| {
+                    ListenError::Bind { name: l.name.clone(), bind: l.bind.to_string(), source }
+                })?;
+                fresh.push((l.name.clone(), l.bind.clone(), bound, l.limits.max_connections));
             }
         }
         if current.is_some() {
             self.shared.runtime.store(next.clone());
         }
         // Stop listeners that are gone or moved.
-        let wanted: HashMap<&str, &BindAddr> = next
-            .config
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str(), &l.bind))
-            .collect();
+        let wanted: HashMap<&str, &BindAddr> =
+            next.config.listeners.iter().map(|l| (l.name.as_str(), &l.bind)).collect();
         running.retain(|name, r| {
             let keep = wanted.get(name.as_str()).is_some_and(|b| **b == r.bind);
             if !keep {
@@ -215,27 +184,14 @@ impl Gateway {
             let gw = self.clone();
             let listener: Arc<str> = Arc::from(name.as_str());
             tokio::spawn(gw.accept_loop(listener, bound, permits.clone(), stop_rx));
-            running.insert(
-                name,
-                RunningListener {
-                    bind: bind_addr,
-                    stop,
-                    permits,
-                    max_connections: max,
-                },
-            );
+            running.insert(name, RunningListener { bind: bind_addr, stop, permits, max_connections: max });
         }
         Ok(())
     }
 
     /// The bound address of a TCP listener (useful with port 0).
     pub async fn local_addrs(&self) -> Vec<(String, BindAddr)> {
-        self.listeners
-            .lock()
-            .await
-            .iter()
-            .map(|(n, r)| (n.clone(), r.bind.clone()))
-            .collect()
+        self.listeners.lock().await.iter().map(|(n, r)| (n.clone(), r.bind.clone())).collect()
     }
 
     /// Stops accepting, asks every connection to finish, and waits up to `grace`. Returns the
@@ -282,10 +238,7 @@ impl Gateway {
                     backoff = Duration::from_millis(5);
                     self.tracker.active.fetch_add(1, Ordering::AcqRel);
                     gauge.increment(1.0);
-                    let guard = ConnGuard {
-                        tracker: self.tracker.clone(),
-                        gauge: gauge.clone(),
-                    };
+                    let guard = ConnGuard { tracker: self.tracker.clone(), gauge: gauge.clone() };
                     let gw = self.clone();
                     let name = name.clone();
                     tokio::spawn(async move {
@@ -319,14 +272,9 @@ impl Gateway {
         }
     }
 
-    async fn connection(
-        self: Arc<Self>,
-        listener: Arc<str>,
-        stream: Accepted,
-        peer: Option<SocketAddr>,
-    ) {
+    async fn connection(self: Arc<Self>, listener: Arc<str>, stream: Accepted, peer: Option<SocketAddr>) {
         let rt = self.runtime();
-        let Some(lrt) = rt.listeners.get(&*listener) else {
+        let Some(lrt) = rt.listener(&listener) else {
             return;
         };
         let limits = lrt.limits.clone();
@@ -359,12 +307,16 @@ impl Gateway {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let state = ConnState::new();
-        let io = TokioIo::new(ActivityIo::new(io, state.clone()));
-        let guard = GuardVerdict;
+        // hyper reads at most max_buf_size of head; the guard tracks heads up to the same size.
+        let max_head = limits.max_header_bytes.max(8192);
+        let (io, guard) = H1Guard::new(ActivityIo::new(io, state.clone()), max_head);
+        let io = TokioIo::new(io);
+        let node = sumun_http::forwarded::ClientNode::new(peer.map(|p| p.ip()));
         let ctx = Arc::new(ConnCtx {
             shared: self.shared.clone(),
             listener,
             peer,
+            node,
             tls,
             state: state.clone(),
             guard,
@@ -375,7 +327,7 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_buf_size(max_head)
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -465,11 +417,7 @@ where
 async fn bind(addr: &BindAddr, replacing: bool) -> std::io::Result<Bound> {
     match addr {
         BindAddr::Tcp(sa) => {
-            let sock = if sa.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
+            let sock = if sa.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
             sock.set_reuseaddr(true)?;
             sock.bind(*sa)?;
             Ok(Bound::Tcp(sock.listen(4096)?))

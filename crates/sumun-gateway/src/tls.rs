@@ -22,10 +22,8 @@ pub enum TlsError {
 /// Loads the PEM files and builds an acceptor offering h2 and http/1.1.
 pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, TlsError> {
     let certs = load_certs(&tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| TlsError::Key {
-        path: tls.key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| TlsError::Key { path: tls.key.display().to_string(), reason: e.to_string() })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -36,10 +34,7 @@ pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, TlsError> {
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::Cert {
-        path: path.display().to_string(),
-        reason,
-    };
+    let err = |reason: String| TlsError::Cert { path: path.display().to_string(), reason };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()

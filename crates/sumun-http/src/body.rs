@@ -38,11 +38,7 @@ impl Body {
 
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data = data.into();
-        if data.is_empty() {
-            Body::Empty
-        } else {
-            Body::Full { data: Some(data) }
-        }
+        if data.is_empty() { Body::Empty } else { Body::Full { data: Some(data) } }
     }
 
     pub fn incoming(inner: Incoming) -> Self {
@@ -51,11 +47,7 @@ impl Body {
 
     /// Streams `inner` but fails with [`BodyTooLarge`] once more than `limit` bytes went by.
     pub fn limited(inner: Incoming, limit: u64) -> Self {
-        Body::Limited {
-            inner,
-            seen: 0,
-            limit,
-        }
+        Body::Limited { inner, seen: 0, limit }
     }
 
     pub fn boxed<B>(body: B) -> Self
@@ -64,9 +56,7 @@ impl Body {
         B::Error: Into<BodyError>,
     {
         use http_body_util::BodyExt;
-        Body::Boxed {
-            inner: body.map_err(Into::into).boxed_unsync(),
-        }
+        Body::Boxed { inner: body.map_err(Into::into).boxed_unsync() }
     }
 }
 
@@ -108,9 +98,7 @@ impl http_body::Body for Body {
                     if let Some(data) = frame.data_ref() {
                         *seen += data.len() as u64;
                         if *seen > *limit {
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                                limit: *limit,
-                            }))));
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
                         }
                     }
                     Poll::Ready(Some(Ok(frame)))
@@ -133,9 +121,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Empty => SizeHint::with_exact(0),
-            Body::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Body::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Incoming { inner } | Body::Limited { inner, .. } => inner.size_hint(),
             Body::Boxed { inner } => inner.size_hint(),
         }

@@ -71,13 +71,7 @@ impl ProxyError {
             | ErrorKind::NoRoute => (Side::Downstream, false),
             ErrorKind::Internal => (Side::Internal, false),
         };
-        ProxyError {
-            side,
-            kind,
-            retryable,
-            detail,
-            source: None,
-        }
+        ProxyError { side, kind, retryable, detail, source: None }
     }
 
     pub fn with_source(mut self, source: impl Into<BodyError>) -> Self {
@@ -132,9 +126,7 @@ impl std::fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

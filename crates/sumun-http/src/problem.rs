@@ -26,10 +26,8 @@ pub fn problem_response(
     let body = serde_json::to_vec(&doc).unwrap_or_default();
     let mut res = Response::new(Body::full(body));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, PROBLEM_JSON.clone());
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CONTENT_TYPE, PROBLEM_JSON.clone());
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
@@ -43,10 +41,7 @@ mod tests {
         let id = HeaderValue::from_static("abc");
         let res = problem_response(StatusCode::LOOP_DETECTED, "loop", Some(&id));
         assert_eq!(res.status(), 508);
-        assert_eq!(
-            res.headers()[header::CONTENT_TYPE],
-            "application/problem+json"
-        );
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
         let body = futures_lite_block(res.into_body());
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["status"], 508);

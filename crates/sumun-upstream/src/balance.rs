@@ -33,10 +33,7 @@ impl RoundRobin {
         }
         // Start each pool at a different point so several pools don't hit the same endpoint
         // in lock step after a reload.
-        RoundRobin {
-            schedule,
-            next: AtomicUsize::new(0),
-        }
+        RoundRobin { schedule, next: AtomicUsize::new(0) }
     }
 
     /// The next endpoint index, or None for an empty pool.
@@ -52,12 +49,7 @@ impl RoundRobin {
 /// Divides by the gcd and scales huge sums down to at most `MAX_SCHEDULE` slots (each
 /// endpoint keeps at least one).
 fn reduce(weights: &[u32]) -> Vec<u32> {
-    let g = weights
-        .iter()
-        .copied()
-        .filter(|&w| w > 0)
-        .fold(0u32, gcd)
-        .max(1);
+    let g = weights.iter().copied().filter(|&w| w > 0).fold(0u32, gcd).max(1);
     let mut w: Vec<u32> = weights.iter().map(|&w| (w / g).max(1)).collect();
     let total: u64 = w.iter().map(|&x| u64::from(x)).sum();
     if total > MAX_SCHEDULE {

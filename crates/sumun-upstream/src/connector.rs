@@ -37,20 +37,12 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn new(
-        unix: HashMap<String, PathBuf>,
-        timeout: Duration,
-        keepalive: Option<Duration>,
-    ) -> Self {
+    pub fn new(unix: HashMap<String, PathBuf>, timeout: Duration, keepalive: Option<Duration>) -> Self {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.set_keepalive(keepalive);
         tcp.enforce_http(true);
-        Connector {
-            tcp,
-            unix: Arc::new(unix),
-            timeout,
-        }
+        Connector { tcp, unix: Arc::new(unix), timeout }
     }
 
     /// Connects to `uri`'s endpoint within the timeout.
@@ -61,9 +53,7 @@ impl Connector {
         let fut = async move {
             match unix {
                 Some(path) => match UnixStream::connect(path).await {
-                    Ok(s) => Ok(UpstreamStream::Unix {
-                        inner: TokioIo::new(s),
-                    }),
+                    Ok(s) => Ok(UpstreamStream::Unix { inner: TokioIo::new(s) }),
                     Err(e) => Err(Box::new(ConnectFailed(Box::new(e))) as BoxError),
                 },
                 None => {
@@ -129,11 +119,7 @@ impl Read for UpstreamStream {
 }
 
 impl Write for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.project() {
             StreamProj::Tcp { inner } => inner.poll_write(cx, buf),
             StreamProj::Unix { inner } => inner.poll_write(cx, buf),

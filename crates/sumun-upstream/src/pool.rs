@@ -106,12 +106,7 @@ impl UpstreamPool {
         self.balancer
             .pick()
             .and_then(|i| self.endpoints.get(i))
-            .ok_or_else(|| {
-                ProxyError::new(
-                    ErrorKind::NoHealthyEndpoint,
-                    "no upstream endpoint is available",
-                )
-            })
+            .ok_or_else(|| ProxyError::new(ErrorKind::NoHealthyEndpoint, "no upstream endpoint is available"))
     }
 
     /// Sends `req` (origin-form URI, hop-by-hop fields already stripped) to `ep` and waits for
@@ -121,11 +116,7 @@ impl UpstreamPool {
         ep: &EndpointHandle,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let fut = async {
             match &self.transport {
                 Transport::Http1(client) => {
@@ -148,10 +139,7 @@ impl UpstreamPool {
         };
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(ProxyError::new(
-                ErrorKind::UpstreamTimeout,
-                "the upstream did not answer in time",
-            )),
+            Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "the upstream did not answer in time")),
         }
     }
 
@@ -161,19 +149,14 @@ impl UpstreamPool {
             return Ok(s.clone());
         }
         let uri = absolute(ep.authority.clone(), PathAndQuery::from_static("/"))?;
-        let stream = self
-            .connector
-            .connect(uri)
-            .await
-            .map_err(|e| classify(e.as_ref()))?;
+        let stream = self.connector.connect(uri).await.map_err(|e| classify(e.as_ref()))?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(stream)
             .await
             .map_err(|e| {
-                ProxyError::new(ErrorKind::ConnectFailed, "the upstream refused HTTP/2")
-                    .with_source(e)
+                ProxyError::new(ErrorKind::ConnectFailed, "the upstream refused HTTP/2").with_source(e)
             })?;
         let label = ep.label.clone();
         tokio::spawn(async move {
@@ -191,9 +174,8 @@ fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
     parts.path_and_query = Some(pq);
-    Uri::from_parts(parts).map_err(|e| {
-        ProxyError::new(ErrorKind::Internal, "could not build the upstream URI").with_source(e)
-    })
+    Uri::from_parts(parts)
+        .map_err(|e| ProxyError::new(ErrorKind::Internal, "could not build the upstream URI").with_source(e))
 }
 
 /// Maps a transport error to what happened, by walking its source chain.
@@ -204,16 +186,10 @@ fn classify(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ProxyError
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if e.is::<ConnectTimedOut>() {
-            return ProxyError::new(
-                ErrorKind::ConnectTimeout,
-                "connecting to the upstream timed out",
-            );
+            return ProxyError::new(ErrorKind::ConnectTimeout, "connecting to the upstream timed out");
         }
         if e.is::<BodyTooLarge>() {
-            return ProxyError::new(
-                ErrorKind::BodyTooLarge,
-                "the request body is larger than allowed",
-            );
+            return ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed");
         }
         if let Some(le) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             connect |= le.is_connect();

@@ -52,12 +52,8 @@ impl Reloader {
         if current.config.access_log != loaded.config.access_log {
             tracing::warn!("access_log changes take effect at the next restart");
         }
-        let next =
-            Runtime::build(loaded.config, Some(&current)).map_err(|e| vec![e.to_string()])?;
-        self.gateway
-            .reload(next)
-            .await
-            .map_err(|e| vec![e.to_string()])
+        let next = Runtime::build(loaded.config, Some(&current)).map_err(|e| vec![e.to_string()])?;
+        self.gateway.reload(next).await.map_err(|e| vec![e.to_string()])
     }
 }
 
@@ -70,10 +66,7 @@ pub struct ConfigWatch {
 /// Watches the config file's directory (editors often replace the file by renaming).
 pub fn watch(path: &Path) -> anyhow::Result<ConfigWatch> {
     let abs = std::path::absolute(path)?;
-    let dir = abs
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     let name = abs.file_name().map(|n| n.to_owned());
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -81,9 +74,7 @@ pub fn watch(path: &Path) -> anyhow::Result<ConfigWatch> {
             let ours = ev.paths.iter().any(|p| p.file_name() == name.as_deref());
             let content = matches!(
                 ev.kind,
-                notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(_)
-                    | notify::EventKind::Remove(_)
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
             );
             if ours && content {
                 let _ = raw_tx.send(());
@@ -107,8 +98,5 @@ pub fn watch(path: &Path) -> anyhow::Result<ConfigWatch> {
             }
         }
     });
-    Ok(ConfigWatch {
-        rx,
-        _watcher: watcher,
-    })
+    Ok(ConfigWatch { rx, _watcher: watcher })
 }

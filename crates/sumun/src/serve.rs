@@ -12,24 +12,17 @@ use sumun_config::BindAddr;
 use sumun_gateway::{AccessLogger, Gateway, Runtime};
 use tokio::signal::unix::{SignalKind, signal};
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 pub fn run(config_path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
     raise_nofile();
     let rt = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
-            .enable_all()
-            .build()?,
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(n) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build()?
+        }
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
     };
     rt.block_on(serve(config_path))
 }
@@ -86,10 +79,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = match admin_cfg {
         Some(admin) => {
-            let state = AdminState {
-                ready: ready.clone(),
-                prometheus: prometheus.clone(),
-            };
+            let state = AdminState { ready: ready.clone(), prometheus: prometheus.clone() };
             let stop = async move {
                 let _ = admin_stop_rx.await;
             };
@@ -103,9 +93,8 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 }
                 BindAddr::Unix(path) => {
                     let _ = std::fs::remove_file(&path);
-                    let l = tokio::net::UnixListener::bind(&path).with_context(|| {
-                        format!("binding the admin listener on {}", path.display())
-                    })?;
+                    let l = tokio::net::UnixListener::bind(&path)
+                        .with_context(|| format!("binding the admin listener on {}", path.display()))?;
                     tracing::info!(addr = %format!("unix:{}", path.display()), "admin listening");
                     tokio::spawn(sumun_admin::serve_unix(l, state, stop))
                 }
@@ -130,17 +119,11 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         }
     }
 
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: draining connections"
-    );
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining connections");
     ready.store(false, Ordering::Release);
     let left = gateway.shutdown(grace).await;
     if left > 0 {
-        tracing::warn!(
-            connections = left,
-            "grace period over; closing remaining connections"
-        );
+        tracing::warn!(connections = left, "grace period over; closing remaining connections");
     } else {
         tracing::info!("all connections drained");
     }

@@ -11,24 +11,14 @@ fn toml_syntax_error_stops_at_its_position() {
     let errs = errors(source);
     assert_eq!(errs.len(), 1);
     assert_eq!((errs[0].line, errs[0].col), (2, 23));
-    assert!(
-        errs[0].message.starts_with("TOML syntax error: "),
-        "{}",
-        errs[0].message
-    );
-    assert_eq!(
-        errs[0].to_string(),
-        format!("{FILE}:2:23: error: {}", errs[0].message)
-    );
+    assert!(errs[0].message.starts_with("TOML syntax error: "), "{}", errs[0].message);
+    assert_eq!(errs[0].to_string(), format!("{FILE}:2:23: error: {}", errs[0].message));
 }
 
 #[test]
 fn duplicate_keys_are_named() {
     let source = format!("{LISTENER}bind = \"127.0.0.1:9\"\n");
-    assert_eq!(
-        error_lines(&source),
-        ["3:1: TOML syntax error: duplicate key `bind`"]
-    );
+    assert_eq!(error_lines(&source), ["3:1: TOML syntax error: duplicate key `bind`"]);
 }
 
 #[test]
@@ -37,15 +27,8 @@ fn top_level_problems() {
     let lines = error_lines(&source);
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert_eq!(lines[0], "1:12: `data_dir` must not be empty");
-    assert!(
-        lines[1].starts_with("2:7: `via` must be one token"),
-        "{}",
-        lines[1]
-    );
-    assert_eq!(
-        lines[2],
-        "3:14: `access_log` must be `stdout`, `stderr`, `off` or a file path"
-    );
+    assert!(lines[1].starts_with("2:7: `via` must be one token"), "{}", lines[1]);
+    assert_eq!(lines[2], "3:14: `access_log` must be `stdout`, `stderr`, `off` or a file path");
 }
 
 #[test]
@@ -119,9 +102,7 @@ fn single_route_table_gets_a_hint() {
     let source = format!("{LISTENER}[route]\nto = {{ echo = true }}\n");
     assert_eq!(
         error_lines(&source),
-        [
-            "3:1: `route`: invalid type: table, expected an array; write each route as a `[[route]]` table"
-        ]
+        ["3:1: `route`: invalid type: table, expected an array; write each route as a `[[route]]` table"]
     );
 }
 
@@ -243,14 +224,8 @@ tls = { cert = \"/nonexistent/c.pem\" }
 
 #[test]
 fn at_least_one_listener() {
-    assert_eq!(
-        error_lines("via = \"x\"\n"),
-        ["1:1: at least one `[listener.NAME]` is required"]
-    );
-    assert_eq!(
-        error_lines("listener = {}\n"),
-        ["1:12: at least one `[listener.NAME]` is required"]
-    );
+    assert_eq!(error_lines("via = \"x\"\n"), ["1:1: at least one `[listener.NAME]` is required"]);
+    assert_eq!(error_lines("listener = {}\n"), ["1:12: at least one `[listener.NAME]` is required"]);
 }
 
 #[test]

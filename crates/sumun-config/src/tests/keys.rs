@@ -45,29 +45,13 @@ fn defaults() {
     assert_eq!(u.endpoints[0].weight, 1);
     assert_eq!(u.balance, Balance::RoundRobin);
     assert_eq!(u.protocol, UpstreamProtocol::Http1);
-    assert_eq!(
-        u.timeouts,
-        UpstreamTimeouts {
-            connect: secs(5),
-            request: secs(60)
-        }
-    );
-    assert_eq!(
-        u.pool,
-        Pool {
-            idle_timeout: secs(90),
-            max_idle_per_endpoint: 256
-        }
-    );
+    assert_eq!(u.timeouts, UpstreamTimeouts { connect: secs(5), request: secs(60) });
+    assert_eq!(u.pool, Pool { idle_timeout: secs(90), max_idle_per_endpoint: 256 });
 
-    let Target::Respond(respond) = &c.routes[0].target else {
-        panic!("{:?}", c.routes[0].target)
-    };
+    let Target::Respond(respond) = &c.routes[0].target else { panic!("{:?}", c.routes[0].target) };
     assert_eq!((respond.status, respond.body.as_str()), (200, ""));
     assert!(respond.headers.is_empty());
-    assert!(
-        matches!(&c.routes[1].target, Target::Redirect { location, status: 308 } if location == "/x")
-    );
+    assert!(matches!(&c.routes[1].target, Target::Redirect { location, status: 308 } if location == "/x"));
 
     let r = &c.routes[2];
     assert_eq!(r.name, "route-3");
@@ -151,28 +135,14 @@ to = { echo = true }
     assert_eq!(c.via, "edge-1");
     assert_eq!(c.shutdown_grace, secs(90));
     assert_eq!(c.access_log, AccessLog::File("/var/log/sumun.log".into()));
-    assert_eq!(
-        c.admin,
-        Some(Admin {
-            bind: BindAddr::Tcp("127.0.0.1:9901".parse().unwrap())
-        })
-    );
+    assert_eq!(c.admin, Some(Admin { bind: BindAddr::Tcp("127.0.0.1:9901".parse().unwrap()) }));
 
     // Sorted by name.
     let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["local", "web"]);
-    assert_eq!(
-        c.listeners[0].bind,
-        BindAddr::Unix("/run/sumun.sock".into())
-    );
+    assert_eq!(c.listeners[0].bind, BindAddr::Unix("/run/sumun.sock".into()));
     let web = &c.listeners[1];
-    assert_eq!(
-        web.tls,
-        Some(Tls {
-            cert: dir.join("server.pem"),
-            key: dir.join("server.key")
-        })
-    );
+    assert_eq!(web.tls, Some(Tls { cert: dir.join("server.pem"), key: dir.join("server.key") }));
     assert!(web.trust_forwarded);
     assert_eq!(
         web.limits,
@@ -188,15 +158,9 @@ to = { echo = true }
     let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["alpha", "zeta"]);
     let zeta = &c.upstreams[1];
-    let tcp = |host: &str, port| EndpointAddr::Tcp {
-        host: host.into(),
-        port,
-    };
-    let endpoints: Vec<(EndpointAddr, u32)> = zeta
-        .endpoints
-        .iter()
-        .map(|e| (e.address.clone(), e.weight))
-        .collect();
+    let tcp = |host: &str, port| EndpointAddr::Tcp { host: host.into(), port };
+    let endpoints: Vec<(EndpointAddr, u32)> =
+        zeta.endpoints.iter().map(|e| (e.address.clone(), e.weight)).collect();
     assert_eq!(
         endpoints,
         [
@@ -208,42 +172,21 @@ to = { echo = true }
     );
     assert_eq!(zeta.endpoints[3].address.to_string(), "[::1]:3002");
     assert_eq!(zeta.protocol, UpstreamProtocol::H2c);
-    assert_eq!(
-        zeta.timeouts,
-        UpstreamTimeouts {
-            connect: secs(1),
-            request: secs(30)
-        }
-    );
-    assert_eq!(
-        zeta.pool,
-        Pool {
-            idle_timeout: secs(10),
-            max_idle_per_endpoint: 0
-        }
-    );
+    assert_eq!(zeta.timeouts, UpstreamTimeouts { connect: secs(1), request: secs(30) });
+    assert_eq!(zeta.pool, Pool { idle_timeout: secs(10), max_idle_per_endpoint: 0 });
 
     let api = &c.routes[0];
     assert_eq!(api.name, "api");
     assert_eq!(api.location, Location { line: 29, col: 1 });
     assert_eq!(api.listeners, ["web", "local"]);
     let m = &api.matcher;
-    assert_eq!(
-        m.host,
-        Some(HostMatch::Exact {
-            host: "api.example.com".into(),
-            port: Some(8080)
-        })
-    );
+    assert_eq!(m.host, Some(HostMatch::Exact { host: "api.example.com".into(), port: Some(8080) }));
     assert!(matches!(&m.path, Some(PathMatch::Prefix(p)) if p == "/v1"));
     assert_eq!(m.methods, ["GET", "POST"]);
     assert_eq!(
         m.headers,
         [
-            (
-                "x-canary".to_string(),
-                HeaderValueMatch::Exact("true".into())
-            ),
+            ("x-canary".to_string(), HeaderValueMatch::Exact("true".into())),
             ("x-debug".to_string(), HeaderValueMatch::Present),
         ]
     );
@@ -253,13 +196,7 @@ to = { echo = true }
     assert_eq!(api.rewrite.strip_prefix.as_deref(), Some("/v1"));
     let req = &api.headers.request;
     // File order, not key order.
-    assert_eq!(
-        req.set,
-        [
-            ("x-b".to_string(), "2".to_string()),
-            ("x-a".to_string(), "1".to_string())
-        ]
-    );
+    assert_eq!(req.set, [("x-b".to_string(), "2".to_string()), ("x-a".to_string(), "1".to_string())]);
     assert_eq!(req.add, [("x-c".to_string(), "d".to_string())]);
     assert_eq!(req.remove, ["x-e"]);
     let resp = &api.headers.response;
@@ -269,50 +206,25 @@ to = { echo = true }
 
     let r2 = &c.routes[1];
     assert_eq!(r2.name, "route-2");
-    assert_eq!(
-        r2.matcher.host,
-        Some(HostMatch::Wildcard {
-            suffix: ".example.com".into(),
-            port: None
-        })
-    );
+    assert_eq!(r2.matcher.host, Some(HostMatch::Wildcard { suffix: ".example.com".into(), port: None }));
     assert!(matches!(&r2.matcher.path, Some(PathMatch::Exact(p)) if p == "/exact"));
     assert_eq!(r2.matcher.version.as_deref(), Some("3"));
-    let Target::Respond(respond) = &r2.target else {
-        panic!("{:?}", r2.target)
-    };
+    let Target::Respond(respond) = &r2.target else { panic!("{:?}", r2.target) };
     assert_eq!(respond.status, 404);
     assert_eq!(respond.body, "nope");
-    assert_eq!(
-        respond.headers,
-        [("content-type".to_string(), "text/plain".to_string())]
-    );
+    assert_eq!(respond.headers, [("content-type".to_string(), "text/plain".to_string())]);
     assert_eq!(r2.rewrite.path.as_deref(), Some("/elsewhere"));
 
-    let Some(PathMatch::Regex(re)) = &c.routes[2].matcher.path else {
-        panic!()
-    };
+    let Some(PathMatch::Regex(re)) = &c.routes[2].matcher.path else { panic!() };
     assert!(re.is_match("/items/42"));
-    assert!(
-        !re.is_match("/items/42/x"),
-        "the regex must match the whole path"
-    );
+    assert!(!re.is_match("/items/42/x"), "the regex must match the whole path");
     assert!(!re.is_match("/x/items/42"));
     assert!(
         matches!(&c.routes[2].target, Target::Redirect { location, status: 308 } if location == "https://example.com/")
     );
 
-    assert_eq!(
-        c.routes[3].matcher.host,
-        Some(HostMatch::Exact {
-            host: "[::1]".into(),
-            port: None
-        })
-    );
-    assert!(matches!(
-        &c.routes[3].target,
-        Target::Redirect { status: 301, .. }
-    ));
+    assert_eq!(c.routes[3].matcher.host, Some(HostMatch::Exact { host: "[::1]".into(), port: None }));
+    assert!(matches!(&c.routes[3].target, Target::Redirect { status: 301, .. }));
     assert_eq!(c.routes[4].name, "echo");
     assert!(matches!(c.routes[4].target, Target::Echo));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -324,10 +236,7 @@ fn access_log_values() {
         ("stdout", AccessLog::Stdout),
         ("stderr", AccessLog::Stderr),
         ("off", AccessLog::Off),
-        (
-            "logs/access.log",
-            AccessLog::File("/etc/sumun/logs/access.log".into()),
-        ),
+        ("logs/access.log", AccessLog::File("/etc/sumun/logs/access.log".into())),
     ] {
         let c = ok(&format!("access_log = \"{value}\"\n{LISTENER}")).config;
         assert_eq!(c.access_log, expected);
@@ -340,23 +249,12 @@ fn relative_paths_resolve_against_the_config_directory() {
          [upstream.u]\nendpoints = [\"unix:./u.sock\"]\n";
     let c = ok(source).config;
     assert_eq!(c.data_dir, Path::new("/etc/sumun/data"));
-    assert_eq!(
-        c.access_log,
-        AccessLog::File("/etc/sumun/../log/a.log".into())
-    );
-    assert_eq!(
-        c.listeners[0].bind,
-        BindAddr::Unix("/etc/sumun/run/s.sock".into())
-    );
-    assert_eq!(
-        c.upstreams[0].endpoints[0].address,
-        EndpointAddr::Unix("/etc/sumun/u.sock".into())
-    );
+    assert_eq!(c.access_log, AccessLog::File("/etc/sumun/../log/a.log".into()));
+    assert_eq!(c.listeners[0].bind, BindAddr::Unix("/etc/sumun/run/s.sock".into()));
+    assert_eq!(c.upstreams[0].endpoints[0].address, EndpointAddr::Unix("/etc/sumun/u.sock".into()));
 
     // A bare file name resolves against the working directory, made absolute.
-    let c = crate::parse_str(LISTENER, Path::new("sumun.toml"))
-        .unwrap()
-        .config;
+    let c = crate::parse_str(LISTENER, Path::new("sumun.toml")).unwrap().config;
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(c.data_dir, cwd.join("sumun-data"));
 }
@@ -367,33 +265,21 @@ fn tls_paths_are_resolved_and_must_exist() {
     std::fs::write(dir.join("c.pem"), "x").unwrap();
     std::fs::create_dir(dir.join("keys")).unwrap();
     std::fs::write(dir.join("keys/k.pem"), "x").unwrap();
-    let source = "[listener.web]\nbind = \"127.0.0.1:8443\"\ntls = { cert = \"c.pem\", key = \"keys/k.pem\" }\n";
-    let c = crate::parse_str(source, &dir.join("sumun.toml"))
-        .unwrap()
-        .config;
+    let source =
+        "[listener.web]\nbind = \"127.0.0.1:8443\"\ntls = { cert = \"c.pem\", key = \"keys/k.pem\" }\n";
+    let c = crate::parse_str(source, &dir.join("sumun.toml")).unwrap().config;
     let tls = c.listeners[0].tls.clone().unwrap();
-    assert_eq!(
-        (tls.cert, tls.key),
-        (dir.join("c.pem"), dir.join("keys/k.pem"))
-    );
+    assert_eq!((tls.cert, tls.key), (dir.join("c.pem"), dir.join("keys/k.pem")));
 
-    let source = "[listener.web]\nbind = \"127.0.0.1:8443\"\ntls = { cert = \"keys\", key = \"missing.pem\" }\n";
+    let source =
+        "[listener.web]\nbind = \"127.0.0.1:8443\"\ntls = { cert = \"keys\", key = \"missing.pem\" }\n";
     let errs = crate::parse_str(source, &dir.join("sumun.toml")).unwrap_err();
-    let messages: Vec<String> = errs
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
-        .collect();
+    let messages: Vec<String> = errs.iter().map(|d| format!("{}:{}: {}", d.line, d.col, d.message)).collect();
     assert_eq!(
         messages,
         [
-            format!(
-                "3:16: listener `web`: tls cert `{}` is not a file",
-                dir.join("keys").display()
-            ),
-            format!(
-                "3:30: listener `web`: tls key `{}`: no such file",
-                dir.join("missing.pem").display()
-            ),
+            format!("3:16: listener `web`: tls cert `{}` is not a file", dir.join("keys").display()),
+            format!("3:30: listener `web`: tls key `{}`: no such file", dir.join("missing.pem").display()),
         ]
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -403,10 +289,7 @@ fn tls_paths_are_resolved_and_must_exist() {
 fn sizes_accept_integers_and_strings() {
     let source = "[listener.web]\nbind = \"127.0.0.1:1\"\nlimits = { max_header_bytes = 16384, max_body_bytes = \"1GB\" }\n";
     let limits = &ok(source).config.listeners[0].limits;
-    assert_eq!(
-        (limits.max_header_bytes, limits.max_body_bytes),
-        (16384, 1_000_000_000)
-    );
+    assert_eq!((limits.max_header_bytes, limits.max_body_bytes), (16384, 1_000_000_000));
 }
 
 #[test]
@@ -417,28 +300,15 @@ fn ephemeral_ports_do_not_conflict() {
 
 #[test]
 fn matchers_helpers() {
-    let h = HostMatch::Wildcard {
-        suffix: ".example.com".into(),
-        port: None,
-    };
+    let h = HostMatch::Wildcard { suffix: ".example.com".into(), port: None };
     assert!(h.matches("a.Example.com", Some(80)) && h.matches("a.b.example.com.", None));
     assert!(!h.matches("example.com", None) && !h.matches("xexample.com", None));
-    let h = HostMatch::Exact {
-        host: "a.com".into(),
-        port: Some(8080),
-    };
-    assert!(
-        h.matches("A.com", Some(8080))
-            && !h.matches("a.com", None)
-            && !h.matches("a.com", Some(80))
-    );
+    let h = HostMatch::Exact { host: "a.com".into(), port: Some(8080) };
+    assert!(h.matches("A.com", Some(8080)) && !h.matches("a.com", None) && !h.matches("a.com", Some(80)));
     let p = PathMatch::Prefix("/api".into());
     assert!(p.matches("/api") && p.matches("/api/x") && !p.matches("/apix"));
     assert!(PathMatch::Prefix("/".into()).matches("/anything"));
-    assert!(
-        PathMatch::Exact("/a".into()).matches("/a")
-            && !PathMatch::Exact("/a".into()).matches("/a/")
-    );
+    assert!(PathMatch::Exact("/a".into()).matches("/a") && !PathMatch::Exact("/a".into()).matches("/a/"));
 }
 
 fn tempdir(name: &str) -> PathBuf {

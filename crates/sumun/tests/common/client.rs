@@ -29,19 +29,12 @@ pub struct CurlOut {
 impl CurlOut {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
     }
 
     pub fn text(&self) -> String {
@@ -54,9 +47,7 @@ impl CurlOut {
     }
 
     pub fn request_id(&self) -> String {
-        self.header("x-request-id")
-            .expect("response without x-request-id")
-            .to_owned()
+        self.header("x-request-id").expect("response without x-request-id").to_owned()
     }
 }
 
@@ -76,11 +67,7 @@ pub fn curl(args: &[&str]) -> CurlOut {
     let head_text = std::fs::read_to_string(&head).unwrap_or_default();
     let body = std::fs::read(&body).unwrap_or_default();
     // Interim responses (100 Continue) come first; keep the last head.
-    let block = head_text
-        .split("\r\n\r\n")
-        .filter(|b| b.starts_with("HTTP/"))
-        .last()
-        .unwrap_or("");
+    let block = head_text.split("\r\n\r\n").filter(|b| b.starts_with("HTTP/")).last().unwrap_or("");
     let mut lines = block.split("\r\n");
     let status_line = lines.next().unwrap_or("").to_owned();
     let mut parts = status_line.split_whitespace();
@@ -121,18 +108,12 @@ pub struct RawResponse {
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn trailer(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.trailers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        self.trailers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -161,8 +142,7 @@ pub fn read_response(s: &mut TcpStream, timeout: Duration) -> RawResponse {
         if now >= deadline {
             return false;
         }
-        s.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-            .ok();
+        s.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1)))).ok();
         match s.read(&mut chunk) {
             Ok(0) => {
                 r.closed = true;
@@ -174,12 +154,7 @@ pub fn read_response(s: &mut TcpStream, timeout: Duration) -> RawResponse {
                 true
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 false
             }
             Err(_) => {
@@ -215,9 +190,7 @@ pub fn read_response(s: &mut TcpStream, timeout: Duration) -> RawResponse {
         r.complete = true;
         return r;
     }
-    let chunked = r
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked = r.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         // Decode chunks.
         let mut pos = 0;
@@ -314,11 +287,7 @@ pub fn wait_closed(s: &mut TcpStream, timeout: Duration) -> (bool, Vec<u8>) {
         match s.read(&mut b) {
             Ok(0) => return (true, got),
             Ok(n) => got.extend_from_slice(&b[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return (true, got),
         }
@@ -334,9 +303,7 @@ where
 {
     let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).ok();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .expect("h1 handshake");
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.expect("h1 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -372,7 +339,5 @@ pub async fn collect(res: Response<Incoming>) -> (http::response::Parts, Bytes, 
 
 /// A GET request for hyper clients.
 pub fn get(uri: &str) -> Request<http_body_util::Empty<Bytes>> {
-    Request::get(uri)
-        .body(http_body_util::Empty::new())
-        .expect("request")
+    Request::get(uri).body(http_body_util::Empty::new()).expect("request")
 }

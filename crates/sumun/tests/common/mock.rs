@@ -225,24 +225,12 @@ impl Mock {
 
     /// An h2c (prior knowledge) mock on 127.0.0.1.
     pub fn h2c(b: Behavior) -> Mock {
-        Self::start_opts(
-            MockOpts {
-                proto: Proto::H2c,
-                unix: false,
-            },
-            move |_| b.clone(),
-        )
+        Self::start_opts(MockOpts { proto: Proto::H2c, unix: false }, move |_| b.clone())
     }
 
     /// An HTTP/1.1 mock on a unix socket.
     pub fn unix(b: Behavior) -> Mock {
-        Self::start_opts(
-            MockOpts {
-                proto: Proto::Http1,
-                unix: true,
-            },
-            move |_| b.clone(),
-        )
+        Self::start_opts(MockOpts { proto: Proto::Http1, unix: true }, move |_| b.clone())
     }
 
     /// A mock whose behaviour is chosen per request from its head.
@@ -259,10 +247,7 @@ impl Mock {
         let (stop, stop_rx) = watch::channel(false);
         let proto = opts.proto;
         if opts.unix {
-            let dir = tempfile::Builder::new()
-                .prefix("mock")
-                .tempdir_in("/tmp")
-                .expect("temp dir");
+            let dir = tempfile::Builder::new().prefix("mock").tempdir_in("/tmp").expect("temp dir");
             let path: PathBuf = dir.path().join("up.sock");
             let listener = {
                 let _g = RT.enter();
@@ -278,13 +263,7 @@ impl Mock {
                     tokio::spawn(serve_io(s, proto, st.clone(), stop_rx.clone()));
                 }
             });
-            Mock {
-                state,
-                endpoint: format!("unix:{}", path.display()),
-                stop,
-                task,
-                _dir: Some(dir),
-            }
+            Mock { state, endpoint: format!("unix:{}", path.display()), stop, task, _dir: Some(dir) }
         } else {
             let std_l = StdListener::bind("127.0.0.1:0").expect("bind mock");
             std_l.set_nonblocking(true).expect("nonblocking");
@@ -304,13 +283,7 @@ impl Mock {
                     tokio::spawn(serve_io(s, proto, st.clone(), stop_rx.clone()));
                 }
             });
-            Mock {
-                state,
-                endpoint: addr.to_string(),
-                stop,
-                task,
-                _dir: None,
-            }
+            Mock { state, endpoint: addr.to_string(), stop, task, _dir: None }
         }
     }
 
@@ -392,9 +365,8 @@ where
     let io = TokioIo::new(io);
     match proto {
         Proto::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(io, svc);
+            let conn =
+                hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).serve_connection(io, svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.changed() => {}
@@ -419,11 +391,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
         path: parts.uri.path().to_owned(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
         authority: parts.uri.authority().map(|a| a.to_string()),
         version: parts.version,
         headers: parts.headers.clone(),
@@ -445,7 +413,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Mo
                     if !behavior.discard_body {
                         stored.extend_from_slice(&d);
                     }
-                    if last_report.elapsed() > Duration::from_millis(50) {
+                    // Report the first bytes at once (streaming tests watch for them), then
+                    // at most every 50 ms.
+                    if len == d.len() as u64 || last_report.elapsed() > Duration::from_millis(50) {
                         last_report = Instant::now();
                         state.update(idx, |r| r.body_len = len);
                     }
@@ -582,9 +552,7 @@ impl http_body::Body for MockBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            MockBody::Full(d) => {
-                http_body::SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            MockBody::Full(d) => http_body::SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
             MockBody::Chan(_) => http_body::SizeHint::default(),
         }
     }
@@ -616,11 +584,7 @@ impl RawMock {
                 std::thread::spawn(move || h(s));
             }
         });
-        RawMock {
-            addr,
-            stop,
-            connections,
-        }
+        RawMock { addr, stop, connections }
     }
 
     pub fn endpoint(&self) -> String {

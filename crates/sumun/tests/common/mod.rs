@@ -5,7 +5,7 @@
 //! Tests are plain `#[test]` functions: blocking clients run on the test thread, async code
 //! (mocks, hyper clients) runs on one shared tokio runtime through [`block_on`].
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
 pub mod mock;
@@ -22,11 +22,7 @@ pub use sumun::Sumun;
 
 /// The runtime mocks and async clients run on.
 pub static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 });
 
 /// Runs a future to completion on the shared runtime (call from the test thread only).
@@ -61,11 +57,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 /// Asserts that a problem+json body is well formed, has `status`, and leaks no address.
 pub fn assert_problem(out: &CurlOut, status: u16) -> serde_json::Value {
     assert_eq!(out.status, status, "status; body: {}", out.text());
-    assert_eq!(
-        out.header("content-type"),
-        Some("application/problem+json"),
-        "content-type of a {status}"
-    );
+    assert_eq!(out.header("content-type"), Some("application/problem+json"), "content-type of a {status}");
     let v: serde_json::Value = serde_json::from_slice(&out.body)
         .unwrap_or_else(|e| panic!("problem body is not JSON ({e}): {}", out.text()));
     assert_eq!(v["status"], status, "problem status field: {v}");

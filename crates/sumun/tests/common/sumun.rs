@@ -83,10 +83,8 @@ impl Lines {
 
     /// Waits for the first JSON line that satisfies `pred`.
     pub fn wait_json(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        self.wait_line(timeout, |l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object() && pred(&v))
-        })
-        .and_then(|l| serde_json::from_str(&l).ok())
+        self.wait_line(timeout, |l| serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object() && pred(&v)))
+            .and_then(|l| serde_json::from_str(&l).ok())
     }
 
     fn tail(&self, n: usize) -> String {
@@ -116,10 +114,7 @@ impl Sumun {
     /// Starts sumun with `config` (every `@DIR@` replaced by its temp dir) and waits until it
     /// logs `sumun ready`. Panics with its stderr if it exits or is not ready in 15 s.
     pub fn start(config: &str) -> Sumun {
-        let dir = tempfile::Builder::new()
-            .prefix("sumun-e2e")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("sumun-e2e").tempdir_in("/tmp").expect("temp dir");
         Self::start_in(dir, config)
     }
 
@@ -144,18 +139,8 @@ impl Sumun {
         let stderr = Lines::default();
         stdout.spawn_reader(child.stdout.take().expect("stdout"));
         stderr.spawn_reader(child.stderr.take().expect("stderr"));
-        let mut s = Sumun {
-            child,
-            dir,
-            config_path,
-            listeners: HashMap::new(),
-            admin: None,
-            stdout,
-            stderr,
-        };
-        let ready = s.stderr.wait_json(Duration::from_secs(15), |v| {
-            v["message"] == "sumun ready"
-        });
+        let mut s = Sumun { child, dir, config_path, listeners: HashMap::new(), admin: None, stdout, stderr };
+        let ready = s.stderr.wait_json(Duration::from_secs(15), |v| v["message"] == "sumun ready");
         if ready.is_none() {
             let status = s.child.try_wait().ok().flatten();
             panic!(
@@ -192,16 +177,12 @@ impl Sumun {
 
     /// A listener's bound address as logged: `127.0.0.1:PORT` or `unix:/path`.
     pub fn listener(&self, name: &str) -> &str {
-        self.listeners
-            .get(name)
-            .unwrap_or_else(|| panic!("no listener `{name}` in {:?}", self.listeners))
+        self.listeners.get(name).unwrap_or_else(|| panic!("no listener `{name}` in {:?}", self.listeners))
     }
 
     /// A TCP listener's socket address.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.listener(name)
-            .parse()
-            .unwrap_or_else(|_| panic!("listener `{name}` is not TCP"))
+        self.listener(name).parse().unwrap_or_else(|_| panic!("listener `{name}` is not TCP"))
     }
 
     /// A unix listener's socket path.
@@ -240,25 +221,15 @@ impl Sumun {
 
     /// The access-log line (JSON on stdout) of the request with this id.
     pub fn access_log(&self, request_id: &str, timeout: Duration) -> Value {
-        self.stdout
-            .wait_json(timeout, |v| v["request_id"] == request_id)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no access-log line with request_id {request_id}; stdout:\n{}",
-                    self.stdout.tail(20)
-                )
-            })
+        self.stdout.wait_json(timeout, |v| v["request_id"] == request_id).unwrap_or_else(|| {
+            panic!("no access-log line with request_id {request_id}; stdout:\n{}", self.stdout.tail(20))
+        })
     }
 }
 
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 impl Drop for Sumun {
