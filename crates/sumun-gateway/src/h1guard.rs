@@ -54,7 +54,6 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-
 /// Header slots on the stack; a head with more fields is re-parsed with heap slots so a
 /// raised hyper `max_headers` cannot open a gap.
 const INLINE_HEADERS: usize = 128;

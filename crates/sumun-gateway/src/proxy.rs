@@ -112,7 +112,10 @@ async fn dispatch(
         (Some(a), _) => Some(a.as_str()),
         (None, Some(h)) => Some(h.to_str().map_err(|_| bad_host())?),
         (None, None) if req.version() == Version::HTTP_11 => {
-            return Err(ProxyError::new(ErrorKind::BadRequest, "an HTTP/1.1 request must carry a Host field"));
+            return Err(ProxyError::new(
+                ErrorKind::BadRequest,
+                "an HTTP/1.1 request must carry a Host field",
+            ));
         }
         (None, None) => None,
     };
@@ -164,10 +167,12 @@ async fn dispatch(
         }
         Action::Echo => echo(req, &normalized, ctx, max_body).await?,
         Action::Upstream(pool) => {
-            let trust = listener.is_some_and(|l| l.trust_forwarded);
             let (mut parts, incoming) = req.into_parts();
             let body = Body::limited(incoming, max_body);
-            prepare_upstream_request(&mut parts, &normalized, host.is_some(), route, ctx, runtime, trust);
+            let changed = matches!(normalized, std::borrow::Cow::Owned(_));
+            let trust = listener.is_some_and(|l| l.trust_forwarded);
+            let forwarding = Forwarding { ctx, via: &runtime.via, trust, has_host: host.is_some() };
+            prepare_upstream_request(&mut parts, &normalized, changed, route, &forwarding);
             let endpoint = pool.pick()?;
             ex.upstream = Some(endpoint.label.clone());
             let t0 = Instant::now();
@@ -200,18 +205,26 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
     }
 }
 
+/// Who the request came from, for the forwarding fields.
+#[derive(Clone, Copy)]
+struct Forwarding<'a> {
+    ctx: &'a ConnCtx,
+    via: &'a sumun_http::forwarded::ViaEntries,
+    trust: bool,
+    has_host: bool,
+}
+
 /// Turns the client's request head into the upstream's: hop-by-hop fields out, forwarding
 /// fields and our Via in, path rewritten, route header edits applied last so operators can
 /// override anything.
 fn prepare_upstream_request(
     parts: &mut http::request::Parts,
-    normalized: &std::borrow::Cow<'_, str>,
-    has_host: bool,
+    normalized: &str,
+    normalized_changed: bool,
     route: &CompiledRoute,
-    ctx: &ConnCtx,
-    runtime: &Runtime,
-    trust: bool,
+    fwd: &Forwarding<'_>,
 ) {
+    let Forwarding { ctx, via, trust, has_host } = *fwd;
     let hop = strip_hop_by_hop(&mut parts.headers);
     // An h2 client or an absolute-form request names the host in the URI; HTTP/1.1 upstreams
     // need it in Host.
@@ -229,20 +242,21 @@ fn prepare_upstream_request(
         ClientHop { node: &ctx.node, proto, host: host_value.as_ref() },
         trust,
     );
-    append_via(&mut parts.headers, parts.version, &runtime.via);
+    append_via(&mut parts.headers, parts.version, via);
     if hop.te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
-    let path = rewrite_path(route, normalized);
-    let unchanged = matches!(path, std::borrow::Cow::Borrowed(p) if p.len() == parts.uri.path().len());
+    let rewritten = rewrite_path(route, normalized);
+    let unchanged = rewritten.is_none() && !normalized_changed;
     parts.uri = match (unchanged, parts.uri.path_and_query()) {
         // The common case: the client's path and query go up as they came, no copy.
         (true, Some(pq)) => http::Uri::from(pq.clone()),
         _ => {
+            let path = rewritten.as_deref().unwrap_or(normalized);
             let pq = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path.into_owned(),
+                None => path.to_owned(),
             };
             PathAndQuery::try_from(pq).map(http::Uri::from).unwrap_or_else(|_| http::Uri::from_static("/"))
         }
@@ -251,20 +265,17 @@ fn prepare_upstream_request(
     route.request_headers.apply(&mut parts.headers);
 }
 
-fn rewrite_path<'a>(route: &CompiledRoute, normalized: &'a std::borrow::Cow<'_, str>) -> std::borrow::Cow<'a, str> {
+/// The path the route rewrites to, or None when it leaves the path alone.
+fn rewrite_path(route: &CompiledRoute, normalized: &str) -> Option<String> {
     if let Some(p) = &route.rewrite.path {
-        return p.clone().into();
+        return Some(p.clone());
     }
-    if let Some(prefix) = &route.rewrite.strip_prefix
-        && prefix_matches(prefix, normalized)
-    {
-        let rest = normalized.get(prefix.len()..).unwrap_or("");
-        return if rest.is_empty() { "/".into() } else { rest.to_owned().into() };
+    let prefix = route.rewrite.strip_prefix.as_deref()?;
+    if !prefix_matches(prefix, normalized) {
+        return None;
     }
-    match normalized {
-        std::borrow::Cow::Borrowed(p) => std::borrow::Cow::Borrowed(p),
-        std::borrow::Cow::Owned(p) => std::borrow::Cow::Owned(p.clone()),
-    }
+    let rest = normalized.get(prefix.len()..).unwrap_or("");
+    Some(if rest.is_empty() { "/".to_owned() } else { rest.to_owned() })
 }
 
 /// The echo target: the request as sumun received it (after normalization), as JSON.

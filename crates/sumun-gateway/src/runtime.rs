@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use metrics::{Counter, Histogram};
-use sumun_http::forwarded::ViaEntries;
 use sumun_config::{Config, HeaderOps, Limits, Rewrite, Target};
+use sumun_http::forwarded::ViaEntries;
 use sumun_upstream::UpstreamPool;
 use tokio_rustls::TlsAcceptor;
 

@@ -45,12 +45,7 @@ fn h2c_prior_knowledge_client_to_http1_upstream() {
     let mock = Mock::start(Behavior::text("hello h1"));
     let s = Sumun::start(&proxy_config(mock.endpoint(), ""));
     let host = s.addr("web").to_string();
-    let out = curl(&[
-        "--http2-prior-knowledge",
-        "--data-binary",
-        "payload",
-        &s.url("web", "/h2?x=1"),
-    ]);
+    let out = curl(&["--http2-prior-knowledge", "--data-binary", "payload", &s.url("web", "/h2?x=1")]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.version, "HTTP/2", "{}", out.status_line);
     assert_eq!(out.status, 200);
@@ -75,13 +70,7 @@ fn h2c_prior_knowledge_client_to_http1_upstream() {
 fn http1_client_to_h2c_upstream() {
     let mock = Mock::h2c(Behavior::text("hello from h2c").header("x-up", "h2"));
     let s = Sumun::start(&proxy_config(mock.endpoint(), "protocol = \"h2c\""));
-    let out = curl(&[
-        "-H",
-        "Host: app.example",
-        "--data-binary",
-        "abc",
-        &s.url("web", "/grpcish?y=2"),
-    ]);
+    let out = curl(&["-H", "Host: app.example", "--data-binary", "abc", &s.url("web", "/grpcish?y=2")]);
     assert_eq!(out.status, 200, "{}", out.text());
     assert_eq!(out.version, "HTTP/1.1");
     assert_eq!(out.text(), "hello from h2c");
@@ -101,10 +90,7 @@ fn http1_client_to_h2c_upstream() {
 
 #[test]
 fn tls_listener_negotiates_h2_and_http11_via_alpn() {
-    let dir = tempfile::Builder::new()
-        .prefix("sumun-tls")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("sumun-tls").tempdir_in("/tmp").unwrap();
     let pki = common::tls::make_pki(dir.path());
     let mock = Mock::start(Behavior::text("secure"));
     let s = Sumun::start_in(
@@ -226,9 +212,7 @@ fn request_trailers_h2c_client_to_h2c_upstream() {
 #[test]
 fn trailers_http1_chunked_with_te_trailers() {
     let mock = Mock::start(
-        Behavior::text("chunked body")
-            .header("trailer", "x-checksum")
-            .trailer("x-checksum", "abc123"),
+        Behavior::text("chunked body").header("trailer", "x-checksum").trailer("x-checksum", "abc123"),
     );
     let s = Sumun::start(&proxy_config(mock.endpoint(), ""));
     let req = b"GET /t HTTP/1.1\r\nHost: t.example\r\nTE: trailers\r\nConnection: close\r\n\r\n";
@@ -238,20 +222,13 @@ fn trailers_http1_chunked_with_te_trailers() {
     assert_eq!(r.body, b"chunked body");
     let got = mock.only();
     assert_eq!(got.header("te"), Some("trailers"), "TE: trailers reaches the upstream");
-    assert_eq!(
-        r.trailer("x-checksum"),
-        Some("abc123"),
-        "trailer lost; raw response:\n{}",
-        r.text()
-    );
+    assert_eq!(r.trailer("x-checksum"), Some("abc123"), "trailer lost; raw response:\n{}", r.text());
 }
 
 #[test]
 fn trailers_are_not_sent_to_http1_clients_that_did_not_ask() {
     let mock = Mock::start(
-        Behavior::text("chunked body")
-            .header("trailer", "x-checksum")
-            .trailer("x-checksum", "abc123"),
+        Behavior::text("chunked body").header("trailer", "x-checksum").trailer("x-checksum", "abc123"),
     );
     let s = Sumun::start(&proxy_config(mock.endpoint(), ""));
     let req = b"GET /t HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n";
@@ -280,10 +257,7 @@ fn http1_keep_alive_reuses_client_connection() {
     // And the hyper client on the same runtime.
     let status = block_on(async move {
         let mut send = h1_connect::<http_body_util::Empty<Bytes>>(addr).await;
-        let req = Request::get("/z")
-            .header("host", "z")
-            .body(http_body_util::Empty::new())
-            .unwrap();
+        let req = Request::get("/z").header("host", "z").body(http_body_util::Empty::new()).unwrap();
         send.send_request(req).await.unwrap().status()
     });
     assert_eq!(status, 200);

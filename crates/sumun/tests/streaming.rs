@@ -66,19 +66,12 @@ impl RssWatch {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        RssWatch {
-            stop,
-            peak,
-            samples,
-        }
+        RssWatch { stop, peak, samples }
     }
 
     fn finish(self) -> (u64, u64) {
         self.stop.store(true, Ordering::SeqCst);
-        (
-            self.peak.load(Ordering::SeqCst),
-            self.samples.load(Ordering::SeqCst),
-        )
+        (self.peak.load(Ordering::SeqCst), self.samples.load(Ordering::SeqCst))
     }
 }
 
@@ -91,10 +84,7 @@ fn large_download_streams_with_flat_memory() {
     let started = Instant::now();
     let (status, received, frames) = block_on(async move {
         let mut send = h1_connect::<http_body_util::Empty<Bytes>>(addr).await;
-        let req = Request::get("/big")
-            .header("host", "big")
-            .body(http_body_util::Empty::new())
-            .unwrap();
+        let req = Request::get("/big").header("host", "big").body(http_body_util::Empty::new()).unwrap();
         let res = send.send_request(req).await.expect("response head");
         let status = res.status();
         let mut body = res.into_body();
@@ -118,10 +108,7 @@ fn large_download_streams_with_flat_memory() {
     assert_eq!(status, 200);
     assert_eq!(received, BIG, "every byte arrives");
     assert!(samples >= 3, "RSS was sampled during the transfer ({samples})");
-    assert!(
-        peak < RSS_LIMIT_KIB,
-        "sumun buffered the download: peak RSS {peak} KiB"
-    );
+    assert!(peak < RSS_LIMIT_KIB, "sumun buffered the download: peak RSS {peak} KiB");
 }
 
 #[test]
@@ -138,37 +125,24 @@ fn large_upload_streams_with_flat_memory() {
             let mut left = BIG;
             while left > 0 {
                 let n = left.min(CHUNK as u64);
-                if tx
-                    .send(Ok(Frame::data(block.slice(..n as usize))))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Ok(Frame::data(block.slice(..n as usize)))).await.is_err() {
                     return;
                 }
                 left -= n;
             }
         });
-        let req = Request::post("/upload")
-            .header("host", "up")
-            .body(MockBody::Chan(rx))
-            .unwrap();
+        let req = Request::post("/upload").header("host", "up").body(MockBody::Chan(rx)).unwrap();
         let res = send.send_request(req).await.expect("response");
         res.status()
     });
     let (peak, samples) = watch.finish();
-    eprintln!(
-        "upload: sumun peak RSS {} MiB over {samples} samples",
-        peak / 1024
-    );
+    eprintln!("upload: sumun peak RSS {} MiB over {samples} samples", peak / 1024);
     assert_eq!(status, 200);
     let got = mock.only();
     assert!(got.complete, "{:?}", got.body_error);
     assert_eq!(got.body_len, BIG, "every byte arrives");
     assert!(samples >= 3, "RSS was sampled during the transfer ({samples})");
-    assert!(
-        peak < RSS_LIMIT_KIB,
-        "sumun buffered the upload: peak RSS {peak} KiB"
-    );
+    assert!(peak < RSS_LIMIT_KIB, "sumun buffered the upload: peak RSS {peak} KiB");
 }
 
 #[test]
@@ -183,10 +157,7 @@ fn response_chunk_arrives_before_upstream_finishes() {
     let addr = s.addr("web");
     let body = block_on(async move {
         let mut send = h1_connect::<http_body_util::Empty<Bytes>>(addr).await;
-        let req = Request::get("/gated")
-            .header("host", "g")
-            .body(http_body_util::Empty::new())
-            .unwrap();
+        let req = Request::get("/gated").header("host", "g").body(http_body_util::Empty::new()).unwrap();
         let res = tokio::time::timeout(T, send.send_request(req))
             .await
             .expect("the response head did not arrive while the upstream was still sending")
@@ -207,10 +178,7 @@ fn response_chunk_arrives_before_upstream_finishes() {
         }
         assert_eq!(got, b"first-chunk;");
         gate.open();
-        while let Some(f) = tokio::time::timeout(T, body.frame())
-            .await
-            .expect("rest of body")
-        {
+        while let Some(f) = tokio::time::timeout(T, body.frame()).await.expect("rest of body") {
             if let Some(d) = f.expect("body error").data_ref() {
                 got.extend_from_slice(d);
             }
@@ -228,21 +196,16 @@ fn request_chunk_arrives_before_client_finishes() {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let response = RT.spawn(async move {
         let mut send = h1_connect::<MockBody>(addr).await;
-        let req = Request::post("/stream-up")
-            .header("host", "s")
-            .body(MockBody::Chan(rx))
-            .unwrap();
+        let req = Request::post("/stream-up").header("host", "s").body(MockBody::Chan(rx)).unwrap();
         send.send_request(req).await.map(|r| r.status())
     });
-    block_on(tx.send(Ok(Frame::data(Bytes::from_static(b"early-bytes;")))))
-        .expect("send first chunk");
+    block_on(tx.send(Ok(Frame::data(Bytes::from_static(b"early-bytes;"))))).expect("send first chunk");
     // The client has not finished its body; the upstream must already see the first bytes.
     mock.wait(T, "the first request chunk at the upstream", |r| {
         r.first().is_some_and(|r| r.body_len >= b"early-bytes;".len() as u64)
     });
     assert!(!mock.requests()[0].finished);
-    block_on(tx.send(Ok(Frame::data(Bytes::from_static(b"late")))))
-        .expect("send last chunk");
+    block_on(tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))).expect("send last chunk");
     drop(tx);
     let status = block_on(response).unwrap().expect("response");
     assert_eq!(status, 200);
