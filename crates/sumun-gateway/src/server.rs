@@ -50,9 +50,19 @@ impl ConnCtx {
 
 struct RunningListener {
     bind: BindAddr,
+    /// The address actually bound (differs from `bind` for port 0).
+    local: BindAddr,
     stop: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     max_connections: usize,
+}
+
+impl RunningListener {
+    /// Whether this socket already serves `bind`: the same text, or the address a port-0
+    /// bind was given (a config rewritten with the real port must not rebind it).
+    fn serves(&self, bind: &BindAddr) -> bool {
+        self.bind == *bind || self.local == *bind
+    }
 }
 
 /// Counts live connections so shutdown can wait for them.
@@ -133,7 +143,7 @@ impl Gateway {
         // Bind first: a failure leaves the running configuration untouched.
         let mut fresh = Vec::new();
         for l in &next.config.listeners {
-            let keep = running.get(&l.name).is_some_and(|r| r.bind == l.bind);
+            let keep = running.get(&l.name).is_some_and(|r| r.serves(&l.bind));
             if !keep {
                 let bound = bind(&l.bind, running.get(&l.name).is_some()).await.map_err(|source| {
                     ListenError::Bind { name: l.name.clone(), bind: l.bind.to_string(), source }
@@ -148,7 +158,7 @@ impl Gateway {
         let wanted: HashMap<&str, &BindAddr> =
             next.config.listeners.iter().map(|l| (l.name.as_str(), &l.bind)).collect();
         running.retain(|name, r| {
-            let keep = wanted.get(name.as_str()).is_some_and(|b| **b == r.bind);
+            let keep = wanted.get(name.as_str()).is_some_and(|b| r.serves(b));
             if !keep {
                 tracing::info!(listener = %name, bind = %r.bind, "listener closed");
                 let _ = r.stop.send(true);
@@ -177,21 +187,19 @@ impl Gateway {
             let (stop, stop_rx) = watch::channel(false);
             let permits = Arc::new(Semaphore::new(max));
             let local = match &bound {
-                Bound::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                Bound::Unix(_, p) => format!("unix:{}", p.display()),
+                Bound::Tcp(l) => l.local_addr().map(BindAddr::Tcp).unwrap_or_else(|_| bind_addr.clone()),
+                Bound::Unix(_, p) => BindAddr::Unix(p.clone()),
             };
             tracing::info!(listener = %name, bind = %bind_addr, addr = %local, "listening");
             let gw = self.clone();
             let listener: Arc<str> = Arc::from(name.as_str());
             tokio::spawn(gw.accept_loop(listener, bound, permits.clone(), stop_rx));
-            running.insert(name, RunningListener { bind: bind_addr, stop, permits, max_connections: max });
+            running.insert(
+                name,
+                RunningListener { bind: bind_addr, local, stop, permits, max_connections: max },
+            );
         }
         Ok(())
-    }
-
-    /// The bound address of a TCP listener (useful with port 0).
-    pub async fn local_addrs(&self) -> Vec<(String, BindAddr)> {
-        self.listeners.lock().await.iter().map(|(n, r)| (n.clone(), r.bind.clone())).collect()
     }
 
     /// Stops accepting, asks every connection to finish, and waits up to `grace`. Returns the
