@@ -74,13 +74,18 @@ impl ConnState {
     }
 
     /// Decides between waiting, closing an idle connection and dropping a slow one.
+    ///
+    /// Nothing wakes the connection task when a request starts or ends (that would cost a
+    /// task wake-up per request), so every wait is capped at half the shorter timeout: a slow
+    /// head or an idle connection is cut off after at most 1.5× its timeout.
     pub fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
         let now = self.now_ms();
         let at = |ms: u64| self.epoch + Duration::from_millis(ms);
         let header_ms = header_timeout.as_millis() as u64;
         let idle_ms = idle_timeout.as_millis() as u64;
+        let recheck = now + (header_ms.min(idle_ms) / 2).max(1);
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Verdict::WaitUntil(at(now + idle_ms));
+            return Verdict::WaitUntil(at(recheck));
         }
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 && !self.h2.load(Ordering::Relaxed) {
@@ -88,13 +93,13 @@ impl ConnState {
             if now >= started + header_ms {
                 return Verdict::HeaderTimeout;
             }
-            return Verdict::WaitUntil(at(started + header_ms));
+            return Verdict::WaitUntil(at((started + header_ms).min(recheck)));
         }
         let last = self.last_io.load(Ordering::Relaxed);
         if now >= last + idle_ms {
             return Verdict::Idle;
         }
-        Verdict::WaitUntil(at(last + idle_ms))
+        Verdict::WaitUntil(at((last + idle_ms).min(recheck)))
     }
 }
 

@@ -173,6 +173,8 @@ async fn dispatch(
             let trust = listener.is_some_and(|l| l.trust_forwarded);
             let forwarding = Forwarding { ctx, via: &runtime.via, trust, has_host: host.is_some() };
             prepare_upstream_request(&mut parts, &normalized, changed, route, &forwarding);
+            // After hop-by-hop stripping: a client cannot drop it by naming it in Connection.
+            parts.headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
             let endpoint = pool.pick()?;
             ex.upstream = Some(endpoint.label.clone());
             let t0 = Instant::now();

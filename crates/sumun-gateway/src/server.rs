@@ -5,6 +5,7 @@
 //! accepting and their connections drain.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +13,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use sumun_config::BindAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
@@ -288,95 +288,259 @@ impl Gateway {
         let limits = lrt.limits.clone();
         let tls = lrt.tls.clone();
         drop(rt);
+        let state = ConnState::new();
+        let conn = Conn { listener, peer, state: state.clone(), limits };
         match (stream, tls) {
-            (Accepted::Tcp(s), None) => self.serve(listener, s, peer, false, &limits).await,
-            (Accepted::Unix(s), None) => self.serve(listener, s, peer, false, &limits).await,
-            (Accepted::Tcp(s), Some(acc)) => {
-                if let Some(s) = handshake(&acc, s, limits.header_timeout).await {
-                    self.serve(listener, s, peer, true, &limits).await;
-                }
-            }
-            (Accepted::Unix(s), Some(acc)) => {
-                if let Some(s) = handshake(&acc, s, limits.header_timeout).await {
-                    self.serve(listener, s, peer, true, &limits).await;
-                }
-            }
+            (Accepted::Tcp(s), None) => self.serve_plain(conn, ActivityIo::new(s, state)).await,
+            (Accepted::Unix(s), None) => self.serve_plain(conn, ActivityIo::new(s, state)).await,
+            (Accepted::Tcp(s), Some(acc)) => self.serve_tls(conn, &acc, ActivityIo::new(s, state)).await,
+            (Accepted::Unix(s), Some(acc)) => self.serve_tls(conn, &acc, ActivityIo::new(s, state)).await,
         }
     }
 
-    async fn serve<S>(
-        &self,
-        listener: Arc<str>,
-        io: S,
-        peer: Option<SocketAddr>,
-        tls: bool,
-        limits: &sumun_config::Limits,
-    ) where
+    /// Cleartext: the first bytes tell HTTP/2 prior knowledge (`PRI * HTTP/2.0…`) from
+    /// HTTP/1. Each protocol then gets a connection future of its own size, boxed, so an idle
+    /// HTTP/1 connection does not carry HTTP/2 state.
+    async fn serve_plain<S>(&self, conn: Conn, mut io: S)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let state = ConnState::new();
-        // hyper reads at most max_buf_size of head; the guard tracks heads up to the same size.
-        let max_head = limits.max_header_bytes.max(8192);
-        let (io, guard) = H1Guard::new(ActivityIo::new(io, state.clone()), max_head);
-        let io = TokioIo::new(io);
-        let node = sumun_http::forwarded::ClientNode::new(peer.map(|p| p.ip()));
-        let ctx = Arc::new(ConnCtx {
+        use tokio::io::AsyncReadExt;
+        let mut first = [0u8; 3];
+        let mut n = 0;
+        let detect = async {
+            // One byte settles it unless it is 'P' (PRI vs POST/PUT/PATCH).
+            while n < 3 && !(n > 0 && first[0] != b'P') {
+                match io.read(&mut first[n..]).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(k) => n += k,
+                }
+            }
+            true
+        };
+        if !matches!(tokio::time::timeout(conn.limits.header_timeout, detect).await, Ok(true)) {
+            return;
+        }
+        let h2 = &first[..n] == b"PRI";
+        let io = Prefixed::new(io, first, n);
+        if h2 {
+            Box::pin(self.drive_h2(conn, io, false)).await;
+        } else {
+            Box::pin(self.drive_h1(conn, io, false)).await;
+        }
+    }
+
+    /// TLS: ALPN decides; without `h2` negotiated the connection speaks HTTP/1.1.
+    async fn serve_tls<S>(&self, conn: Conn, acceptor: &tokio_rustls::TlsAcceptor, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(tls) = handshake(acceptor, io, conn.limits.header_timeout).await else {
+            return;
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Box::pin(self.drive_h2(conn, tls, true)).await;
+        } else {
+            Box::pin(self.drive_h1(conn, tls, true)).await;
+        }
+    }
+
+    fn context(&self, conn: &Conn, tls: bool, guard: GuardVerdict) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
             shared: self.shared.clone(),
-            listener,
-            peer,
-            node,
+            listener: conn.listener.clone(),
+            peer: conn.peer,
+            node: sumun_http::forwarded::ClientNode::new(conn.peer.map(|p| p.ip())),
             tls,
-            state: state.clone(),
+            state: conn.state.clone(),
             guard,
-        });
+        })
+    }
+
+    async fn drive_h1<S>(&self, conn: Conn, io: S, tls: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // hyper reads at most max_buf_size of head; the guard tracks heads up to the same size.
+        let max_head = conn.limits.max_header_bytes.max(8192);
+        let (io, guard) = H1Guard::new(io, max_head);
+        let ctx = self.context(&conn, tls, guard);
         let svc = hyper::service::service_fn(move |req| crate::proxy::handle(req, ctx.clone()));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let c = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(max_head)
-            .http2()
+            .serve_connection(TokioIo::new(io), svc);
+        self.supervise(&conn, c).await;
+    }
+
+    async fn drive_h2<S>(&self, conn: Conn, io: S, tls: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ctx = self.context(&conn, tls, GuardVerdict::default());
+        let svc = hyper::service::service_fn(move |req| crate::proxy::handle(req, ctx.clone()));
+        let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
-        let conn = builder.serve_connection(io, svc);
-        tokio::pin!(conn);
+            .max_header_list_size(u32::try_from(conn.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .serve_connection(TokioIo::new(io), svc);
+        self.supervise(&conn, c).await;
+    }
+
+    /// Drives a connection to its end, applying the header and idle timeouts and the
+    /// graceful drain on shutdown.
+    async fn supervise<C: GracefulConn>(&self, conn: &Conn, c: C) {
+        let limits = &conn.limits;
+        let state = &conn.state;
+        tokio::pin!(c);
         let mut shutdown = self.shutdown.subscribe();
         let mut draining = *shutdown.borrow();
         if draining {
-            conn.as_mut().graceful_shutdown();
+            c.as_mut().graceful();
         }
         loop {
             let wake = match state.check(limits.header_timeout, limits.idle_timeout) {
                 Verdict::WaitUntil(t) => t,
                 Verdict::Idle => {
                     if !draining {
-                        conn.as_mut().graceful_shutdown();
+                        c.as_mut().graceful();
                         draining = true;
                     }
                     std::time::Instant::now() + limits.idle_timeout
                 }
                 Verdict::HeaderTimeout => {
                     metrics::counter!("sumun_header_timeouts_total").increment(1);
-                    tracing::debug!(peer = ?peer, "request head not received in time; closing");
+                    tracing::debug!(peer = ?conn.peer, "request head not received in time; closing");
                     return;
                 }
             };
             tokio::select! {
-                r = conn.as_mut() => {
+                r = c.as_mut() => {
                     if let Err(e) = r {
-                        tracing::debug!(peer = ?peer, error = %e, "connection ended with an error");
+                        tracing::debug!(peer = ?conn.peer, error = %e, "connection ended with an error");
                     }
                     return;
                 }
                 _ = shutdown.changed(), if !draining => {
-                    conn.as_mut().graceful_shutdown();
+                    c.as_mut().graceful();
                     draining = true;
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
+    }
+}
+
+/// What a connection task knows before it speaks HTTP.
+struct Conn {
+    listener: Arc<str>,
+    peer: Option<SocketAddr>,
+    state: Arc<ConnState>,
+    limits: sumun_config::Limits,
+}
+
+/// hyper's HTTP/1 and HTTP/2 server connections, seen alike by the supervisor.
+trait GracefulConn: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, S, B> GracefulConn for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> GracefulConn for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Replays the few bytes read to detect the protocol, then reads from the stream.
+    struct Prefixed<S> {
+        #[pin]
+        inner: S,
+        prefix: [u8; 3],
+        pos: usize,
+        len: usize,
+    }
+}
+
+impl<S> Prefixed<S> {
+    fn new(inner: S, prefix: [u8; 3], len: usize) -> Self {
+        Prefixed { inner, prefix, pos: 0, len }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        if *this.pos < *this.len {
+            let n = (*this.len - *this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[*this.pos..*this.pos + n]);
+            *this.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

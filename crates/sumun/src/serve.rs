@@ -67,6 +67,12 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    // Signal handlers first: a SIGHUP or SIGTERM that arrives while starting must reload or
+    // drain, never kill the process with the default action.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut watch = crate::reload::watch(config_path)?;
     let config = loaded.config;
     let access_log = AccessLogger::start(&config.access_log).context("opening the access log")?;
     let admin_cfg = config.admin.clone();
@@ -106,10 +112,6 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(config = %config_path.display(), "sumun ready");
 
     let reloader = crate::reload::Reloader::new(gateway.clone(), config_path.to_path_buf());
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut watch = crate::reload::watch(config_path)?;
     loop {
         tokio::select! {
             _ = hup.recv() => reloader.reload("sighup").await,

@@ -119,11 +119,11 @@ impl Default for Behavior {
 }
 
 impl Behavior {
-    /// 200 with a text body.
+    /// 200 with this body and no headers of its own.
     pub fn text(body: &str) -> Behavior {
         Behavior {
             status: 200,
-            headers: vec![("content-type".into(), "text/plain".into())],
+            headers: Vec::new(),
             payload: Payload::Bytes(Bytes::copy_from_slice(body.as_bytes())),
             trailers: Vec::new(),
             delay: Duration::ZERO,
