@@ -104,10 +104,146 @@ pub struct Upstream {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub balance: Balance,
+    /// Required by `ring_hash` and `rendezvous`; ignored (warning) by the others.
+    pub hash_key: Option<HashKey>,
+    pub sticky: Option<Sticky>,
+    pub slow_start: Option<SlowStart>,
+    pub health: Option<HealthCheck>,
+    /// What to do when every endpoint is unhealthy or ejected.
+    pub all_unavailable: AllUnavailable,
+    pub outlier: Option<OutlierDetection>,
+    pub retry: Option<RetryPolicy>,
+    pub breaker: Option<CircuitBreaker>,
     pub protocol: UpstreamProtocol,
     pub timeouts: UpstreamTimeouts,
     pub pool: Pool,
+    /// TCP keep-alive probes on upstream sockets (None = off).
+    pub tcp_keepalive: Option<Duration>,
 }
+
+/// What a hashing balancer hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    ClientIp,
+    Path,
+    Query(String),
+}
+
+/// Pins a client to an endpoint with a cookie while that endpoint stays available.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    pub ttl: Duration,
+}
+
+/// A new or newly recovered endpoint's weight ramps up over `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowStart {
+    pub window: Duration,
+    /// 1.0 = linear; > 1 ramps faster early (Envoy's aggression: factor = t^(1/aggression)).
+    pub aggression: f64,
+    /// Share of the full weight at the start of the window, 0 < x ≤ 1 (default 0.1).
+    pub min_weight: f64,
+}
+
+impl Eq for SlowStart {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// GET `path`; healthy when the status is in `expected`.
+    Http { path: String, expected: Vec<StatusRange>, host: Option<String> },
+    /// Healthy when a TCP (or unix) connect succeeds.
+    Tcp,
+}
+
+/// An inclusive status range: `200` is 200..=200, `"2xx"` is 200..=299.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Random extra delay added to each interval, up to this share of it (0..=1, default 0.1).
+    pub jitter_percent: u8,
+    /// Consecutive successes to become healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures to become unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllUnavailable {
+    /// Route to every endpoint as if all were healthy (Envoy's panic mode).
+    #[default]
+    Panic,
+    /// Answer 503.
+    Fail,
+}
+
+/// Passive outlier ejection from observed results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive connect failures / resets / timeouts / 5xx that eject; 0 disables that kind.
+    pub consecutive_failures: u32,
+    pub consecutive_5xx: u32,
+    /// First ejection lasts this long; each further ejection of the same endpoint multiplies it.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the pool (0..=100).
+    pub max_ejected_percent: u8,
+}
+
+/// Which failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    ConnectFailure,
+    Reset,
+    Timeout,
+    /// A response with this status (e.g. 503).
+    Status(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total tries including the first (≥ 1).
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: Vec<RetryOn>,
+    /// Retries may add at most this share of recent requests (0..=100).
+    pub budget_percent: u8,
+    /// Retries allowed per second regardless of the budget, so a quiet upstream can retry.
+    pub min_retries_per_second: u32,
+    /// Request bodies up to this size are kept so a try can be replayed.
+    pub replay_buffer: u64,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Also retry non-idempotent methods (POST, PATCH) when the failure allows.
+    pub non_idempotent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreaker {
+    /// Opens when failures / requests over `window` exceed this (0 < x ≤ 1).
+    pub failure_ratio: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    /// How long it stays open before letting probes through.
+    pub open_for: Duration,
+    /// Probes allowed while half-open; all must succeed to close.
+    pub half_open_probes: u32,
+    /// One breaker per endpoint as well as the upstream-wide one.
+    pub per_endpoint: bool,
+}
+
+impl Eq for CircuitBreaker {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -139,6 +275,10 @@ impl std::fmt::Display for EndpointAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     RoundRobin,
+    Random,
+    LeastRequest,
+    RingHash,
+    Rendezvous,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +292,7 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTimeouts {
     pub connect: Duration,
-    /// From sending the request until the response head arrives.
+    /// The whole exchange up to the response head, all tries and backoff included.
     pub request: Duration,
 }
 

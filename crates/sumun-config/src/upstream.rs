@@ -70,9 +70,18 @@ pub(crate) fn upstream(cx: &mut Ctx<'_, '_>, name: &str, raw: &S<RawUpstream>) -
         name: name.to_string(),
         endpoints,
         balance,
+        hash_key: None,
+        sticky: None,
+        slow_start: None,
+        health: None,
+        all_unavailable: AllUnavailable::default(),
+        outlier: None,
+        retry: None,
+        breaker: None,
         protocol,
         timeouts,
         pool,
+        tcp_keepalive: None,
     })
 }
 

@@ -4,8 +4,9 @@
 
 #![forbid(unsafe_code)]
 
-mod balance;
+pub mod balance;
 mod connector;
+pub mod endpoint;
 mod pool;
 
 pub use balance::RoundRobin;
