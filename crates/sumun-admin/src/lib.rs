@@ -1,6 +1,7 @@
 //! The admin listener: liveness (`/healthz`), readiness (`/readyz`, true once every listener
-//! is bound) and Prometheus metrics (`/metrics`). It serves operators, never client traffic,
-//! and binds to loopback by default.
+//! is bound), Prometheus metrics (`/metrics`) and the read-only state of upstream pools
+//! (`GET /v1/upstreams`). It serves operators, never client traffic, and binds to loopback by
+//! default.
 
 #![forbid(unsafe_code)]
 
@@ -14,11 +15,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// A JSON view produced on demand (the gateway's live state, read when asked).
+pub type Snapshot = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub prometheus: PrometheusHandle,
+    /// `GET /v1/upstreams`.
+    pub upstreams: Snapshot,
 }
 
 /// The admin routes.
@@ -27,6 +33,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/upstreams", get(upstreams))
         .with_state(state)
 }
 
@@ -36,6 +43,10 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
+}
+
+async fn upstreams(State(s): State<AdminState>) -> impl IntoResponse {
+    axum::Json((s.upstreams)())
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {

@@ -76,6 +76,11 @@ impl<'a> Sink<'a> {
         self.diagnostics.push(d);
     }
 
+    pub(crate) fn warning(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let d = self.at(Severity::Warning, span.start, message.into());
+        self.diagnostics.push(d);
+    }
+
     pub(crate) fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }

@@ -13,6 +13,7 @@ mod listener;
 pub mod model;
 mod parse;
 mod raw;
+mod resilience;
 mod route;
 mod shadow;
 pub mod units;

@@ -171,7 +171,8 @@ pub struct HealthCheck {
     pub kind: HealthCheckKind,
     pub interval: Duration,
     pub timeout: Duration,
-    /// Random extra delay added to each interval, up to this share of it (0..=1, default 0.1).
+    /// Random extra delay added to each interval, up to this percentage of it (0..=100,
+    /// default 10).
     pub jitter_percent: u8,
     /// Consecutive successes to become healthy again.
     pub healthy_threshold: u32,
@@ -199,6 +200,18 @@ pub struct OutlierDetection {
     pub max_ejection: Duration,
     /// Never eject more than this share of the pool (0..=100).
     pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            consecutive_5xx: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
 }
 
 /// Which failures are retried.
@@ -229,6 +242,22 @@ pub struct RetryPolicy {
     pub non_idempotent: bool,
 }
 
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
+            budget_percent: 20,
+            min_retries_per_second: 3,
+            replay_buffer: 64 * 1024,
+            backoff_initial: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            non_idempotent: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreaker {
     /// Opens when failures / requests over `window` exceed this (0 < x ≤ 1).
@@ -244,6 +273,19 @@ pub struct CircuitBreaker {
 }
 
 impl Eq for CircuitBreaker {}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            open_for: Duration::from_secs(30),
+            half_open_probes: 3,
+            per_endpoint: false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

@@ -61,9 +61,94 @@ pub(crate) struct RawLimits {
 pub(crate) struct RawUpstream {
     pub endpoints: Option<S<Vec<S<RawEndpoint>>>>,
     pub balance: Option<S<String>>,
+    pub hash_key: Option<S<String>>,
+    pub sticky: Option<S<RawSticky>>,
+    pub slow_start: Option<S<RawSlowStart>>,
+    pub health: Option<S<RawHealth>>,
+    pub all_unavailable: Option<S<String>>,
+    pub outlier: Option<S<RawOutlier>>,
+    pub retry: Option<S<RawRetry>>,
+    pub breaker: Option<S<RawBreaker>>,
     pub protocol: Option<S<String>>,
     pub timeouts: Option<S<RawUpstreamTimeouts>>,
     pub pool: Option<S<RawPool>>,
+    pub tcp_keepalive: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawSticky {
+    pub cookie: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+}
+
+/// `"30s"` or `{ window = "30s", aggression = 1.0, min_weight = 0.1 }`.
+pub(crate) enum RawSlowStart {
+    Short(String),
+    Full(RawSlowStartTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawSlowStartTable {
+    pub window: Option<S<String>>,
+    pub aggression: Option<S<f64>>,
+    pub min_weight: Option<S<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawHealth {
+    pub path: Option<S<String>>,
+    pub tcp: Option<S<bool>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub healthy: Option<S<i64>>,
+    pub unhealthy: Option<S<i64>>,
+    pub expected: Option<S<Vec<S<StringOrInt>>>>,
+    pub host: Option<S<String>>,
+    pub jitter: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: Option<S<i64>>,
+    pub consecutive_5xx: Option<S<i64>>,
+    pub base_ejection: Option<S<String>>,
+    pub max_ejection: Option<S<String>>,
+    pub max_ejected_percent: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRetry {
+    pub attempts: Option<S<i64>>,
+    pub per_try_timeout: Option<S<String>>,
+    pub on: Option<S<Vec<S<StringOrInt>>>>,
+    pub budget_percent: Option<S<i64>>,
+    pub min_retries_per_second: Option<S<i64>>,
+    pub replay_buffer: Option<S<RawSize>>,
+    pub backoff: Option<S<RawBackoff>>,
+    pub non_idempotent: Option<S<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawBackoff {
+    pub initial: Option<S<String>>,
+    pub max: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawBreaker {
+    pub failure_ratio: Option<S<f64>>,
+    pub window: Option<S<String>>,
+    pub min_requests: Option<S<i64>>,
+    pub open_for: Option<S<String>>,
+    pub half_open_probes: Option<S<i64>>,
+    pub per_endpoint: Option<S<bool>>,
 }
 
 /// `"host:port"` or `{ address = "host:port", weight = 2 }`.
@@ -258,6 +343,13 @@ either_shape!(
     "a URL string or a table like { location = \"https://…\", status = 301 }",
     table: RawRedirectTable => RawRedirect::Full,
     { visit_str(v: &str) => RawRedirect::Short(v.to_string()); }
+);
+
+either_shape!(
+    RawSlowStart,
+    "a duration like \"30s\" or a table like { window = \"30s\", aggression = 1.0, min_weight = 0.1 }",
+    table: RawSlowStartTable => RawSlowStart::Full,
+    { visit_str(v: &str) => RawSlowStart::Short(v.to_string()); }
 );
 
 either_shape!(RawHeaderValue, "a string (exact value) or `true` (header present)", {

@@ -26,13 +26,21 @@ impl Ctx<'_, '_> {
         self.sink.error(&span, message);
     }
 
-    /// Reports a missing required key unless the parser already reported something there.
-    pub fn missing(&mut self, path: &str, span: Range<usize>, message: impl Into<String>) {
-        let reported = self.removed.iter().any(|r| {
+    pub fn warning(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.sink.warning(&span, message);
+    }
+
+    /// Whether the parser already reported a problem at `path` (or inside it) and removed it.
+    pub fn reported(&self, path: &str) -> bool {
+        self.removed.iter().any(|r| {
             r == path
                 || r.strip_prefix(path).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-        });
-        if !reported {
+        })
+    }
+
+    /// Reports a missing required key unless the parser already reported something there.
+    pub fn missing(&mut self, path: &str, span: Range<usize>, message: impl Into<String>) {
+        if !self.reported(path) {
             self.error(span, message);
         }
     }

@@ -9,6 +9,7 @@
 pub mod access_log;
 mod conn_state;
 mod exchange;
+mod forward;
 mod h1guard;
 pub mod path;
 mod proxy;

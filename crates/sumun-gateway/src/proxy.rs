@@ -59,7 +59,13 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         if let Some(src) = &e.source {
             tracing::debug!(error = %src, kind = e.kind_name(), "request failed");
         }
-        problem_response(e.status(), e.detail, Some(&request_id))
+        let mut res = problem_response(e.status(), e.detail, Some(&request_id));
+        if let Some(after) = e.retry_after {
+            // Whole seconds, rounded up: "0" would invite an immediate retry.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
     });
     if close {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -175,14 +181,14 @@ async fn dispatch(
             prepare_upstream_request(&mut parts, &normalized, changed, route, &forwarding);
             // After hop-by-hop stripping: a client cannot drop it by naming it in Connection.
             parts.headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
-            let endpoint = pool.pick()?;
-            ex.upstream = Some(endpoint.label.clone());
-            let t0 = Instant::now();
-            let upstream_res = pool.send(endpoint, Request::from_parts(parts, body)).await;
-            pool.latency.record(t0.elapsed().as_secs_f64());
-            let upstream_res = upstream_res?;
-            let (mut rparts, rbody) = upstream_res.into_parts();
+            let target =
+                crate::forward::Target { pool, path: &normalized, client_ip: ctx.peer.map(|p| p.ip()) };
+            let fwd = crate::forward::forward(target, parts, body, ex).await?;
+            let (mut rparts, rbody) = fwd.response.into_parts();
             strip_hop_by_hop_response(&mut rparts.headers);
+            if let Some(c) = fwd.sticky_cookie {
+                rparts.headers.append(header::SET_COOKIE, c);
+            }
             append_via(&mut rparts.headers, rparts.version, &runtime.via);
             rparts.version = Version::HTTP_11;
             Response::from_parts(rparts, Body::incoming(rbody))

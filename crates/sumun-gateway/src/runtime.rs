@@ -151,15 +151,16 @@ impl Runtime {
             .upstreams
             .iter()
             .map(|u| {
-                previous
-                    .and_then(|p| {
-                        p.config
-                            .upstreams
-                            .iter()
-                            .position(|old| old == u)
-                            .and_then(|i| p.pools.get(i).cloned())
-                    })
-                    .unwrap_or_else(|| Arc::new(UpstreamPool::new(u)))
+                let prev = previous.and_then(|p| {
+                    p.config.upstreams.iter().position(|old| old.name == u.name).and_then(|i| p.pools.get(i))
+                });
+                match prev {
+                    // Unchanged: keep the pool with its warm connections and live state.
+                    Some(pool) if pool.config() == u => pool.clone(),
+                    // Changed: a new pool that carries over what it can of the old state.
+                    Some(pool) => Arc::new(UpstreamPool::new(u, Some(pool))),
+                    None => Arc::new(UpstreamPool::new(u, None)),
+                }
             })
             .collect();
         let routes = config
@@ -208,6 +209,11 @@ impl Runtime {
             listeners,
             unrouted: RouteMetrics::new(&unrouted_name),
         })
+    }
+
+    /// Every upstream pool's live state, for `GET /v1/upstreams`.
+    pub fn upstreams_snapshot(&self) -> serde_json::Value {
+        serde_json::json!({ "upstreams": self.pools.iter().map(|p| p.snapshot()).collect::<Vec<_>>() })
     }
 
     pub fn listener(&self, name: &str) -> Option<&ListenerRuntime> {

@@ -154,6 +154,11 @@ impl Gateway {
         if current.is_some() {
             self.shared.runtime.store(next.clone());
         }
+        // Background work (health checks) of pools this runtime serves; pools it dropped stop
+        // theirs when the last request holding them ends.
+        for pool in &next.pools {
+            pool.start();
+        }
         // Stop listeners that are gone or moved.
         let wanted: HashMap<&str, &BindAddr> =
             next.config.listeners.iter().map(|l| (l.name.as_str(), &l.bind)).collect();

@@ -53,6 +53,8 @@ pub struct ProxyError {
     pub retryable: bool,
     /// Shown to the client; must never contain internals (addresses, paths, stack details).
     pub detail: &'static str,
+    /// Sent as `Retry-After` (an open circuit breaker knows when it will let requests in).
+    pub retry_after: Option<std::time::Duration>,
     pub source: Option<BodyError>,
 }
 
@@ -71,7 +73,12 @@ impl ProxyError {
             | ErrorKind::NoRoute => (Side::Downstream, false),
             ErrorKind::Internal => (Side::Internal, false),
         };
-        ProxyError { side, kind, retryable, detail, source: None }
+        ProxyError { side, kind, retryable, detail, retry_after: None, source: None }
+    }
+
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     pub fn with_source(mut self, source: impl Into<BodyError>) -> Self {

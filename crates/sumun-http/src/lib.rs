@@ -10,6 +10,7 @@ pub mod error;
 pub mod forwarded;
 pub mod hop;
 pub mod problem;
+pub mod replay;
 
 pub use body::{Body, BodyError};
 pub use error::{ErrorKind, ProxyError, Side};

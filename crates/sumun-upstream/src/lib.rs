@@ -5,10 +5,14 @@
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod breaker;
 mod connector;
 pub mod endpoint;
+pub mod health;
+pub mod outlier;
 mod pool;
+pub mod retry;
+mod transport;
 
-pub use balance::RoundRobin;
 pub use connector::{ConnectFailed, ConnectTimedOut, Connector, UpstreamStream};
-pub use pool::{EndpointHandle, UpstreamPool};
+pub use pool::{Refused, TryPermit, UpstreamPool, outcome_of};

@@ -1,221 +1,290 @@
-//! An upstream pool: its endpoints, the balancer and the transport that carries requests to
-//! them. HTTP/1.1 goes through hyper-util's pooling client (one keep-alive pool per
-//! endpoint); h2c keeps one multiplexed connection per endpoint, reopened when it closes.
+//! An upstream pool: its endpoints' live state, the balancer that picks one, the transport,
+//! and the resilience around them — active health checks, passive outlier ejection, slow
+//! start, circuit breakers and the retry budget. The retry loop itself is the gateway's (it
+//! owns the request); the pool answers "which endpoint", "may I", and "what happened".
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sumun_config::{EndpointAddr, Upstream, UpstreamProtocol};
-use sumun_http::body::BodyTooLarge;
+use sumun_config::{AllUnavailable, RetryPolicy, Upstream};
 use sumun_http::{Body, ErrorKind, ProxyError};
 
-use crate::balance::RoundRobin;
-use crate::connector::{ConnectFailed, ConnectTimedOut, Connector};
+use crate::balance::{self, Balancer, PickCtx};
+use crate::breaker::{Breaker, BreakerPermit, BreakerScope};
+use crate::endpoint::{Clock, EndpointState, Outcome};
+use crate::health::{HealthChecker, HealthHandle};
+use crate::outlier::OutlierDetector;
+use crate::retry::RetryBudget;
+use crate::transport::{EndpointConn, Transport};
 
-/// One endpoint of a pool.
-pub struct EndpointHandle {
-    pub addr: EndpointAddr,
-    /// How logs and metrics name it (`127.0.0.1:3000`, `unix:/run/api.sock`).
-    pub label: Arc<str>,
-    /// The authority our connector maps back to this endpoint.
-    authority: Authority,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
-}
-
-enum Transport {
-    Http1(Box<Client<Connector, Body>>),
-    H2c,
-}
-
-/// A named set of endpoints with a balancer and connection pools.
+/// A named set of endpoints with a balancer, connection pools and resilience state.
 pub struct UpstreamPool {
     pub name: Arc<str>,
-    endpoints: Vec<EndpointHandle>,
-    balancer: RoundRobin,
+    cfg: Upstream,
+    clock: Clock,
+    endpoints: Vec<Arc<EndpointState>>,
+    conns: Vec<Option<EndpointConn>>,
+    balancer: Box<dyn Balancer>,
     transport: Transport,
-    connector: Connector,
-    request_timeout: Duration,
+    outlier: Option<Arc<OutlierDetector>>,
+    breaker: Option<Arc<Breaker>>,
+    endpoint_breakers: Vec<Arc<Breaker>>,
+    budget: Option<RetryBudget>,
+    /// Started by the gateway once the pool serves (not while merely checking a config).
+    health: OnceLock<Option<HealthHandle>>,
+    /// Sticky-cookie value of each endpoint.
+    sticky_ids: Vec<String>,
     /// Time to response head, resolved once per pool.
     pub latency: metrics::Histogram,
 }
 
+/// Permission to send one try: holds the breaker permits and the in-flight count.
+pub struct TryPermit {
+    pub endpoint: usize,
+    upstream: Option<BreakerPermit>,
+    endpoint_permit: Option<BreakerPermit>,
+    _in_flight: crate::endpoint::InFlight,
+}
+
 impl UpstreamPool {
-    pub fn new(cfg: &Upstream) -> Self {
-        let mut unix = HashMap::new();
-        let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
-        for (i, ep) in cfg.endpoints.iter().enumerate() {
-            let authority = match &ep.address {
-                EndpointAddr::Tcp { .. } => Authority::try_from(ep.address.to_string().as_str()),
-                EndpointAddr::Unix(path) => {
-                    // A name no DNS will ever answer, unique per endpoint of this pool.
-                    let host = format!("ep{i}.unix.invalid");
-                    unix.insert(host.clone(), path.clone());
-                    Authority::try_from(host.as_str())
+    /// Builds the pool. Endpoints that also existed in `previous` keep their health and
+    /// ejection state; endpoints a reload added start slow start.
+    pub fn new(cfg: &Upstream, previous: Option<&UpstreamPool>) -> Self {
+        let clock = previous.map_or_else(Clock::new, |p| p.clock);
+        let now = clock.now_ms();
+        let endpoints: Vec<Arc<EndpointState>> = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let ep = EndpointState::new(i, e.address.clone(), e.weight);
+                match previous.and_then(|p| p.endpoints.iter().find(|o| o.address == e.address)) {
+                    Some(old) => {
+                        ep.set_healthy(old.is_healthy(), now);
+                        if old.is_ejected(now) {
+                            ep.eject(old.ejected_until());
+                        }
+                    }
+                    None if previous.is_some() => ep.mark_new(now),
+                    None => {}
                 }
-            };
-            let Ok(authority) = authority else {
-                tracing::error!(upstream = %cfg.name, endpoint = %ep.address, "endpoint address is not a valid URI authority; skipped");
-                continue;
-            };
-            endpoints.push(EndpointHandle {
-                addr: ep.address.clone(),
-                label: Arc::from(ep.address.to_string()),
-                authority,
-                h2: tokio::sync::Mutex::new(None),
-            });
-        }
-        let weights: Vec<u32> = cfg.endpoints.iter().map(|e| e.weight).collect();
-        let connector = Connector::new(unix, cfg.timeouts.connect, Some(Duration::from_secs(60)));
-        let transport = match cfg.protocol {
-            UpstreamProtocol::Http1 => {
-                let client = Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(cfg.pool.idle_timeout)
-                    .pool_max_idle_per_host(cfg.pool.max_idle_per_endpoint)
-                    .set_host(false)
-                    .build(connector.clone());
-                Transport::Http1(Box::new(client))
-            }
-            UpstreamProtocol::H2c => Transport::H2c,
+                Arc::new(ep)
+            })
+            .collect();
+        let (transport, conns) = Transport::new(cfg);
+        let name = cfg.name.as_str();
+        let endpoint_breakers = match &cfg.breaker {
+            Some(b) if b.per_endpoint => endpoints
+                .iter()
+                .map(|e| Arc::new(Breaker::new(name, BreakerScope::Endpoint(e.label.clone()), b)))
+                .collect(),
+            _ => Vec::new(),
         };
         UpstreamPool {
-            name: Arc::from(cfg.name.as_str()),
-            balancer: RoundRobin::new(&weights[..endpoints.len().min(weights.len())]),
-            endpoints,
+            name: Arc::from(name),
+            clock,
+            balancer: balance::build(cfg),
             transport,
-            connector,
-            request_timeout: cfg.timeouts.request,
+            conns,
+            outlier: cfg.outlier.clone().map(|o| Arc::new(OutlierDetector::new(name, o))),
+            breaker: cfg.breaker.as_ref().map(|b| Arc::new(Breaker::new(name, BreakerScope::Upstream, b))),
+            endpoint_breakers,
+            budget: cfg.retry.as_ref().map(RetryBudget::from_policy),
+            health: OnceLock::new(),
+            sticky_ids: endpoints.iter().map(|e| balance::sticky_id(&e.label)).collect(),
+            endpoints,
             latency: metrics::histogram!("sumun_upstream_request_duration_seconds", "upstream" => cfg.name.clone()),
+            cfg: cfg.clone(),
         }
     }
 
-    pub fn endpoints(&self) -> &[EndpointHandle] {
-        &self.endpoints
+    /// Starts background work: active health checks, and a sweep that reports ended
+    /// ejections on a quiet pool. Idempotent; needs a tokio runtime.
+    pub fn start(&self) {
+        self.health.get_or_init(|| {
+            if let Some(o) = &self.outlier {
+                // Ends with the pool: the task holds only a weak reference.
+                let weak = Arc::downgrade(o);
+                let clock = self.clock;
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        let Some(o) = weak.upgrade() else { return };
+                        o.sweep(clock.now_ms());
+                    }
+                });
+            }
+            self.cfg
+                .health
+                .as_ref()
+                .map(|h| HealthChecker::spawn(&self.name, h, self.endpoints.clone(), self.clock))
+        });
     }
 
-    /// Picks the endpoint for the next request.
-    pub fn pick(&self) -> Result<&EndpointHandle, ProxyError> {
-        self.balancer
-            .pick()
-            .and_then(|i| self.endpoints.get(i))
-            .ok_or_else(|| ProxyError::new(ErrorKind::NoHealthyEndpoint, "no upstream endpoint is available"))
+    pub fn config(&self) -> &Upstream {
+        &self.cfg
     }
 
-    /// Sends `req` (origin-form URI, hop-by-hop fields already stripped) to `ep` and waits for
-    /// the response head within the request timeout.
+    pub fn retry_policy(&self) -> Option<&RetryPolicy> {
+        self.cfg.retry.as_ref()
+    }
+
+    pub fn endpoint(&self, i: usize) -> Option<&Arc<EndpointState>> {
+        self.endpoints.get(i)
+    }
+
+    /// The endpoint a sticky cookie names, if it is still available.
+    pub fn sticky_endpoint(&self, id: &str) -> Option<usize> {
+        let now = self.clock.now_ms();
+        let i = self.sticky_ids.iter().position(|s| s == id)?;
+        self.endpoints[i].is_available(now).then_some(i)
+    }
+
+    pub fn sticky_id(&self, i: usize) -> Option<&str> {
+        self.sticky_ids.get(i).map(String::as_str)
+    }
+
+    /// Picks an endpoint, avoiding `exclude` when another one is eligible. When nothing is
+    /// available at all, panic mode routes as if every endpoint were healthy.
+    pub fn pick(&self, hash: Option<u64>, exclude: &[usize]) -> Result<usize, ProxyError> {
+        let now = self.clock.now_ms();
+        let ctx =
+            PickCtx { hash, now_ms: now, exclude, panic: false, slow_start: self.cfg.slow_start.as_ref() };
+        if let Some(i) = self.balancer.pick(&self.endpoints, &ctx) {
+            return Ok(i);
+        }
+        // Everything else was tried: the same endpoint again beats no retry at all.
+        if !exclude.is_empty()
+            && let Some(i) = self.balancer.pick(&self.endpoints, &PickCtx { exclude: &[], ..ctx })
+        {
+            return Ok(i);
+        }
+        let none_available = !self.endpoints.iter().any(|e| e.is_available(now));
+        if none_available && self.cfg.all_unavailable == AllUnavailable::Panic {
+            metrics::counter!("sumun_upstream_panic_picks_total", "upstream" => self.name.to_string())
+                .increment(1);
+            if let Some(i) =
+                self.balancer.pick(&self.endpoints, &PickCtx { panic: true, exclude: &[], ..ctx })
+            {
+                return Ok(i);
+            }
+        }
+        Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, "no upstream endpoint is available"))
+    }
+
+    /// Asks the breakers for permission to try endpoint `i`. An open breaker answers with how
+    /// long until it lets probes through.
+    pub fn acquire(&self, i: usize) -> Result<TryPermit, Refused> {
+        let now = self.clock.now_ms();
+        let upstream = match &self.breaker {
+            Some(b) => Some(
+                b.try_acquire(now).map_err(|o| Refused { retry_after: o.retry_after, endpoint: false })?,
+            ),
+            None => None,
+        };
+        let endpoint_permit = match self.endpoint_breakers.get(i) {
+            Some(b) => {
+                Some(b.try_acquire(now).map_err(|o| Refused { retry_after: o.retry_after, endpoint: true })?)
+            }
+            None => None,
+        };
+        let ep = self.endpoints.get(i).ok_or(Refused { retry_after: Duration::ZERO, endpoint: true })?;
+        Ok(TryPermit { endpoint: i, upstream, endpoint_permit, _in_flight: ep.begin() })
+    }
+
+    /// Counts a request (not a retry) toward the retry budget.
+    pub fn count_request(&self) {
+        if let Some(b) = &self.budget {
+            b.record_request(self.clock.now_ms());
+        }
+    }
+
+    /// Whether the retry budget allows one more retry (consumes it).
+    pub fn try_retry(&self) -> bool {
+        self.budget.as_ref().is_none_or(|b| b.try_retry(self.clock.now_ms()))
+    }
+
+    /// Sends one try to the endpoint the permit is for.
     pub async fn send(
         &self,
-        ep: &EndpointHandle,
-        mut req: Request<Body>,
+        permit: &TryPermit,
+        req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let fut = async {
-            match &self.transport {
-                Transport::Http1(client) => {
-                    *req.uri_mut() = absolute(ep.authority.clone(), pq)?;
-                    client.request(req).await.map_err(|e| classify(&e))
-                }
-                Transport::H2c => {
-                    // :authority carries the client's host; Host itself is not sent on h2.
-                    let authority = req
-                        .headers_mut()
-                        .remove(header::HOST)
-                        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                        .unwrap_or_else(|| ep.authority.clone());
-                    *req.uri_mut() = absolute(authority, pq)?;
-                    *req.version_mut() = http::Version::HTTP_2;
-                    let mut sender = self.h2_sender(ep).await?;
-                    sender.send_request(req).await.map_err(|e| classify(&e))
-                }
-            }
-        };
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "the upstream did not answer in time")),
+        match self.conns.get(permit.endpoint).and_then(Option::as_ref) {
+            Some(conn) => self.transport.send(conn, req).await,
+            None => Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, "no upstream endpoint is available")),
         }
     }
 
-    async fn h2_sender(&self, ep: &EndpointHandle) -> Result<http2::SendRequest<Body>, ProxyError> {
-        let mut slot = ep.h2.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+    /// Reports how a try ended, to outlier detection and the breakers.
+    pub fn record(&self, permit: TryPermit, outcome: Option<Outcome>) {
+        let Some(outcome) = outcome else { return };
+        let now = self.clock.now_ms();
+        if let (Some(o), Some(ep)) = (&self.outlier, self.endpoints.get(permit.endpoint)) {
+            o.record(ep, outcome, &self.endpoints, now);
         }
-        let uri = absolute(ep.authority.clone(), PathAndQuery::from_static("/"))?;
-        let stream = self.connector.connect(uri).await.map_err(|e| classify(e.as_ref()))?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(stream)
-            .await
-            .map_err(|e| {
-                ProxyError::new(ErrorKind::ConnectFailed, "the upstream refused HTTP/2").with_source(e)
-            })?;
-        let label = ep.label.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(endpoint = %label, error = %e, "h2 upstream connection closed");
-            }
-        });
-        *slot = Some(sender.clone());
-        Ok(sender)
+        if let Some(p) = permit.upstream {
+            p.record(outcome, now);
+        }
+        if let Some(p) = permit.endpoint_permit {
+            p.record(outcome, now);
+        }
+    }
+
+    /// The pool's live state, for `GET /v1/upstreams`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let now = self.clock.now_ms();
+        let ss = self.cfg.slow_start.as_ref();
+        let endpoints: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let until = e.ejected_until();
+                serde_json::json!({
+                    "address": &*e.label,
+                    "weight": e.weight,
+                    "effective_weight": e.effective_weight(now, ss),
+                    "healthy": e.is_healthy(),
+                    "ejected": e.is_ejected(now),
+                    "ejected_for_ms": if e.is_ejected(now) { until - now } else { 0 },
+                    "ejections": e.ejections.load(std::sync::atomic::Ordering::Relaxed),
+                    "in_flight": e.in_flight(),
+                    "breaker": self.endpoint_breakers.get(e.index).map(|b| b.state().as_str()),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": &*self.name,
+            "balance": format!("{:?}", self.cfg.balance),
+            "breaker": self.breaker.as_ref().map(|b| b.state().as_str()),
+            "endpoints": endpoints,
+        })
     }
 }
 
-fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(pq);
-    Uri::from_parts(parts)
-        .map_err(|e| ProxyError::new(ErrorKind::Internal, "could not build the upstream URI").with_source(e))
+/// A breaker refused the try.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    pub retry_after: Duration,
+    /// The endpoint's own breaker (another endpoint may still be tried) rather than the
+    /// upstream's.
+    pub endpoint: bool,
 }
 
-/// Maps a transport error to what happened, by walking its source chain.
-fn classify(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ProxyError {
-    let mut connect = false;
-    let mut user = false;
-    let mut parse = false;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.is::<ConnectTimedOut>() {
-            return ProxyError::new(ErrorKind::ConnectTimeout, "connecting to the upstream timed out");
-        }
-        if e.is::<BodyTooLarge>() {
-            return ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed");
-        }
-        if let Some(le) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            connect |= le.is_connect();
-        }
-        if let Some(he) = e.downcast_ref::<hyper::Error>() {
-            user |= he.is_user();
-            parse |= he.is_parse();
-        }
-        connect |= e.is::<ConnectFailed>();
-        cur = e.source();
+/// The outcome of a try for outlier detection and breakers; None when the failure was the
+/// client's (its body broke or was too large), which says nothing about the endpoint.
+pub fn outcome_of(result: &Result<Response<Incoming>, ProxyError>) -> Option<Outcome> {
+    match result {
+        Ok(r) if r.status().is_server_error() => Some(Outcome::Status5xx(r.status().as_u16())),
+        Ok(_) => Some(Outcome::Success),
+        Err(e) => match e.kind {
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Some(Outcome::ConnectFailure),
+            ErrorKind::UpstreamTimeout => Some(Outcome::Timeout),
+            ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => Some(Outcome::Reset),
+            _ => None,
+        },
     }
-    let detail_err = format!("{err}");
-    let kind = if connect {
-        ErrorKind::ConnectFailed
-    } else if user {
-        ErrorKind::DownstreamBody
-    } else if parse {
-        ErrorKind::UpstreamProtocol
-    } else {
-        ErrorKind::UpstreamReset
-    };
-    let detail = match kind {
-        ErrorKind::ConnectFailed => "could not connect to the upstream",
-        ErrorKind::DownstreamBody => "the request body could not be read",
-        ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
-        _ => "the upstream connection failed",
-    };
-    ProxyError::new(kind, detail).with_source(detail_err)
 }

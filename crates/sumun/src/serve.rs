@@ -85,7 +85,9 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = match admin_cfg {
         Some(admin) => {
-            let state = AdminState { ready: ready.clone(), prometheus: prometheus.clone() };
+            let gw = gateway.clone();
+            let upstreams: sumun_admin::Snapshot = Arc::new(move || gw.runtime().upstreams_snapshot());
+            let state = AdminState { ready: ready.clone(), prometheus: prometheus.clone(), upstreams };
             let stop = async move {
                 let _ = admin_stop_rx.await;
             };

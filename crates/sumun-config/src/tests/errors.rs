@@ -235,7 +235,7 @@ fn upstream_problems() {
 [upstream.a]
 endpoints = []
 [upstream.b]
-balance = \"least_request\"
+balance = \"least_requests\"
 [upstream.c]
 endpoints = [\"http://x:1\", {{ weight = 0 }}, {{ address = \"x\" }}]
 protocol = \"http2\"
@@ -249,12 +249,12 @@ balance = \"round-robin\"
         [
             "4:13: upstream `a`: `endpoints` must not be empty",
             "5:1: upstream `b` needs `endpoints`, e.g. [\"127.0.0.1:3000\"]",
-            "6:11: upstream `b`: unknown `balance` `least_request` (valid: `round_robin`)",
+            "6:11: upstream `b`: unknown `balance` `least_requests`; did you mean `least_request`? (valid: `round_robin`, `random`, `least_request`, `ring_hash`, `rendezvous`)",
             "8:14: upstream `c`: invalid endpoint `http://x:1`: write the address without a scheme, e.g. `127.0.0.1:3000`",
             "8:39: upstream `c`: endpoint `weight` must be between 1 and 4294967295, not 0",
             "8:56: upstream `c`: invalid endpoint `x`: missing port; expected `HOST:PORT`, e.g. `127.0.0.1:3000`",
             "9:12: upstream `c`: unknown `protocol` `http2`; did you mean `http1`? (valid: `http1`, `h2c`)",
-            "12:11: upstream `d`: unknown `balance` `round-robin`; did you mean `round_robin`? (valid: `round_robin`)",
+            "12:11: upstream `d`: unknown `balance` `round-robin`; did you mean `round_robin`? (valid: `round_robin`, `random`, `least_request`, `ring_hash`, `rendezvous`)",
         ]
     );
 }

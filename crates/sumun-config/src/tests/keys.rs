@@ -329,6 +329,22 @@ fn the_documented_complete_example_is_valid() {
         .expect("docs/configuration.md has a complete example");
     let loaded = ok(example);
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-    assert_eq!(loaded.config.routes.len(), 5);
-    assert_eq!(loaded.config.listeners.len(), 2);
+    let c = loaded.config;
+    assert_eq!(c.routes.len(), 7);
+    assert_eq!(c.listeners.len(), 2);
+    let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["api", "grpc", "legacy", "sessions"]);
+    let (api, grpc, legacy, sessions) = (&c.upstreams[0], &c.upstreams[1], &c.upstreams[2], &c.upstreams[3]);
+    assert_eq!(api.balance, Balance::LeastRequest);
+    assert!(api.slow_start.is_some() && api.health.is_some() && api.outlier.is_some());
+    assert!(api.retry.is_some() && api.breaker.is_some());
+    assert_eq!(api.tcp_keepalive, Some(secs(60)));
+    assert_eq!(api.retry.as_ref().unwrap().on.len(), 4);
+    assert_eq!(grpc.all_unavailable, AllUnavailable::Fail);
+    assert_eq!(legacy.sticky, Some(Sticky { cookie: "sumun_sticky".into(), ttl: secs(3600) }));
+    assert_eq!(
+        (sessions.balance, &sessions.hash_key),
+        (Balance::RingHash, &Some(HashKey::Cookie("session".into())))
+    );
+    assert_eq!(sessions.health.as_ref().unwrap().kind, HealthCheckKind::Tcp);
 }

@@ -2,6 +2,7 @@
 
 mod errors;
 mod keys;
+mod upstream;
 
 use std::path::Path;
 

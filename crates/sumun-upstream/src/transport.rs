@@ -1,0 +1,179 @@
+//! Carrying one request to one endpoint: HTTP/1.1 through hyper-util's pooling client (one
+//! keep-alive pool per endpoint), h2c over one multiplexed connection per endpoint, reopened
+//! when it closes. Transport errors are classified into `ProxyError` kinds here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, header};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sumun_config::{EndpointAddr, Upstream, UpstreamProtocol};
+use sumun_http::body::BodyTooLarge;
+use sumun_http::{Body, ErrorKind, ProxyError};
+
+use crate::connector::{ConnectFailed, ConnectTimedOut, Connector};
+
+/// How requests reach one endpoint.
+pub(crate) struct EndpointConn {
+    /// The authority our connector maps back to this endpoint.
+    authority: Authority,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+enum Kind {
+    Http1(Box<Client<Connector, Body>>),
+    H2c,
+}
+
+pub(crate) struct Transport {
+    kind: Kind,
+    connector: Connector,
+}
+
+impl Transport {
+    /// Builds the transport and one connection slot per endpoint (None for an endpoint whose
+    /// address cannot be an authority; config validation prevents that).
+    pub(crate) fn new(cfg: &Upstream) -> (Transport, Vec<Option<EndpointConn>>) {
+        let mut unix = HashMap::new();
+        let conns = cfg
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let authority = match &ep.address {
+                    EndpointAddr::Tcp { .. } => Authority::try_from(ep.address.to_string().as_str()).ok(),
+                    EndpointAddr::Unix(path) => {
+                        // A name no DNS will ever answer, unique per endpoint of this pool.
+                        let host = format!("ep{i}.unix.invalid");
+                        unix.insert(host.clone(), path.clone());
+                        Authority::try_from(host.as_str()).ok()
+                    }
+                };
+                authority.map(|authority| EndpointConn { authority, h2: tokio::sync::Mutex::new(None) })
+            })
+            .collect();
+        let connector = Connector::new(unix, cfg.timeouts.connect, cfg.tcp_keepalive);
+        let kind = match cfg.protocol {
+            UpstreamProtocol::Http1 => {
+                let client = Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.pool.idle_timeout)
+                    .pool_max_idle_per_host(cfg.pool.max_idle_per_endpoint)
+                    .set_host(false)
+                    .build(connector.clone());
+                Kind::Http1(Box::new(client))
+            }
+            UpstreamProtocol::H2c => Kind::H2c,
+        };
+        (Transport { kind, connector }, conns)
+    }
+
+    /// Sends `req` (origin-form URI, hop-by-hop fields already stripped) and waits for the
+    /// response head. Timeouts are the caller's.
+    pub(crate) async fn send(
+        &self,
+        ep: &EndpointConn,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        match &self.kind {
+            Kind::Http1(client) => {
+                *req.uri_mut() = absolute(ep.authority.clone(), pq)?;
+                client.request(req).await.map_err(|e| classify(&e))
+            }
+            Kind::H2c => {
+                // :authority carries the client's host; Host itself is not sent on h2.
+                let authority = req
+                    .headers_mut()
+                    .remove(header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| ep.authority.clone());
+                *req.uri_mut() = absolute(authority, pq)?;
+                *req.version_mut() = http::Version::HTTP_2;
+                let mut sender = self.h2_sender(ep).await?;
+                sender.send_request(req).await.map_err(|e| classify(&e))
+            }
+        }
+    }
+
+    async fn h2_sender(&self, ep: &EndpointConn) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let mut slot = ep.h2.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let uri = absolute(ep.authority.clone(), PathAndQuery::from_static("/"))?;
+        let stream = self.connector.connect(uri).await.map_err(|e| classify(e.as_ref()))?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(stream)
+            .await
+            .map_err(|e| {
+                ProxyError::new(ErrorKind::ConnectFailed, "the upstream refused HTTP/2").with_source(e)
+            })?;
+        let authority = ep.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %authority, error = %e, "h2 upstream connection closed");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts)
+        .map_err(|e| ProxyError::new(ErrorKind::Internal, "could not build the upstream URI").with_source(e))
+}
+
+/// Maps a transport error to what happened, by walking its source chain.
+fn classify(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ProxyError {
+    let mut connect = false;
+    let mut user = false;
+    let mut parse = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<ConnectTimedOut>() {
+            return ProxyError::new(ErrorKind::ConnectTimeout, "connecting to the upstream timed out");
+        }
+        if e.is::<BodyTooLarge>() {
+            return ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed");
+        }
+        if let Some(le) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            connect |= le.is_connect();
+        }
+        if let Some(he) = e.downcast_ref::<hyper::Error>() {
+            user |= he.is_user();
+            parse |= he.is_parse();
+        }
+        connect |= e.is::<ConnectFailed>();
+        cur = e.source();
+    }
+    let detail_err = format!("{err}");
+    let kind = if connect {
+        ErrorKind::ConnectFailed
+    } else if user {
+        ErrorKind::DownstreamBody
+    } else if parse {
+        ErrorKind::UpstreamProtocol
+    } else {
+        ErrorKind::UpstreamReset
+    };
+    let detail = match kind {
+        ErrorKind::ConnectFailed => "could not connect to the upstream",
+        ErrorKind::DownstreamBody => "the request body could not be read",
+        ErrorKind::UpstreamProtocol => "the upstream sent an invalid response",
+        _ => "the upstream connection failed",
+    };
+    ProxyError::new(kind, detail).with_source(detail_err)
+}
