@@ -62,7 +62,7 @@ pub async fn forward(
         ex.upstream = pool.endpoint(i).map(|e| e.label.clone());
         let t0 = Instant::now();
         let r = within(deadline, pool.send(&permit, Request::from_parts(parts, body))).await;
-        pool.latency.record(t0.elapsed().as_secs_f64());
+        pool.observe(i, t0.elapsed());
         pool.record(permit, outcome_of(&r));
         let response = r?;
         return Ok(Forwarded { sticky_cookie: sticky_cookie(pool, sticky, i), response });
@@ -95,7 +95,7 @@ pub async fn forward(
         };
         let t0 = Instant::now();
         let r = within(try_deadline, pool.send(&permit, req)).await;
-        pool.latency.record(t0.elapsed().as_secs_f64());
+        pool.observe(i, t0.elapsed());
         let outcome = outcome_of(&r);
         pool.record(permit, outcome);
 

@@ -36,8 +36,15 @@ pub struct UpstreamPool {
     health: OnceLock<Option<HealthHandle>>,
     /// Sticky-cookie value of each endpoint.
     sticky_ids: Vec<String>,
+    endpoint_metrics: Vec<EndpointMetrics>,
     /// Time to response head, resolved once per pool.
-    pub latency: metrics::Histogram,
+    latency: metrics::Histogram,
+}
+
+/// Per-endpoint metric handles, resolved when the pool is built.
+struct EndpointMetrics {
+    in_flight: metrics::Gauge,
+    latency: metrics::Histogram,
 }
 
 /// Permission to send one try: holds the breaker permits and the in-flight count.
@@ -45,7 +52,16 @@ pub struct TryPermit {
     pub endpoint: usize,
     upstream: Option<BreakerPermit>,
     endpoint_permit: Option<BreakerPermit>,
+    in_flight_gauge: Option<metrics::Gauge>,
     _in_flight: crate::endpoint::InFlight,
+}
+
+impl Drop for TryPermit {
+    fn drop(&mut self) {
+        if let Some(g) = &self.in_flight_gauge {
+            g.decrement(1.0);
+        }
+    }
 }
 
 impl UpstreamPool {
@@ -94,6 +110,19 @@ impl UpstreamPool {
             budget: cfg.retry.as_ref().map(RetryBudget::from_policy),
             health: OnceLock::new(),
             sticky_ids: endpoints.iter().map(|e| balance::sticky_id(&e.label)).collect(),
+            endpoint_metrics: endpoints
+                .iter()
+                .map(|e| {
+                    let labels = [("upstream", cfg.name.clone()), ("endpoint", e.label.to_string())];
+                    EndpointMetrics {
+                        in_flight: metrics::gauge!("sumun_upstream_endpoint_in_flight", &labels),
+                        latency: metrics::histogram!(
+                            "sumun_upstream_endpoint_request_duration_seconds",
+                            &labels
+                        ),
+                    }
+                })
+                .collect(),
             endpoints,
             latency: metrics::histogram!("sumun_upstream_request_duration_seconds", "upstream" => cfg.name.clone()),
             cfg: cfg.clone(),
@@ -192,7 +221,11 @@ impl UpstreamPool {
             None => None,
         };
         let ep = self.endpoints.get(i).ok_or(Refused { retry_after: Duration::ZERO, endpoint: true })?;
-        Ok(TryPermit { endpoint: i, upstream, endpoint_permit, _in_flight: ep.begin() })
+        let in_flight_gauge = self.endpoint_metrics.get(i).map(|m| m.in_flight.clone());
+        if let Some(g) = &in_flight_gauge {
+            g.increment(1.0);
+        }
+        Ok(TryPermit { endpoint: i, upstream, endpoint_permit, in_flight_gauge, _in_flight: ep.begin() })
     }
 
     /// Counts a request (not a retry) toward the retry budget.
@@ -219,17 +252,26 @@ impl UpstreamPool {
         }
     }
 
+    /// Records how long a try took to its response head, for the upstream and the endpoint.
+    pub fn observe(&self, i: usize, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        self.latency.record(secs);
+        if let Some(m) = self.endpoint_metrics.get(i) {
+            m.latency.record(secs);
+        }
+    }
+
     /// Reports how a try ended, to outlier detection and the breakers.
-    pub fn record(&self, permit: TryPermit, outcome: Option<Outcome>) {
+    pub fn record(&self, mut permit: TryPermit, outcome: Option<Outcome>) {
         let Some(outcome) = outcome else { return };
         let now = self.clock.now_ms();
         if let (Some(o), Some(ep)) = (&self.outlier, self.endpoints.get(permit.endpoint)) {
             o.record(ep, outcome, &self.endpoints, now);
         }
-        if let Some(p) = permit.upstream {
+        if let Some(p) = permit.upstream.take() {
             p.record(outcome, now);
         }
-        if let Some(p) = permit.endpoint_permit {
+        if let Some(p) = permit.endpoint_permit.take() {
             p.record(outcome, now);
         }
     }

@@ -118,15 +118,27 @@ fn post_is_not_retried_once_its_body_reached_a_dying_upstream() {
 retry = { attempts = 3, on = ["connect_failure", "reset"] }"#,
         &[dying.endpoint(), other.endpoint().to_owned()],
     );
-    // Round robin starts at the first endpoint: the dying one.
-    let out = curl(&["-X", "POST", "--data", "payload", &s.url("web", "/orders")]);
-    assert_eq!(out.status, 502, "{}", out.text());
-    assert_eq!(other.count(), 0, "a POST that reached an upstream must not be replayed");
+    // Round robin alternates: of four POSTs, those that meet the dying endpoint fail with 502
+    // and are never replayed to the other endpoint.
+    let mut failed = 0;
+    for _ in 0..4 {
+        let out = curl(&["-X", "POST", "--data", "payload", &s.url("web", "/orders")]);
+        match out.status {
+            502 => failed += 1,
+            200 => {}
+            other => panic!("unexpected status {other}: {}", out.text()),
+        }
+    }
+    assert!(failed >= 1, "no POST reached the dying endpoint");
+    assert_eq!(other.count(), 4 - failed, "a POST that reached an upstream must not be replayed");
+    assert_eq!(dying.connections(), failed);
     // A GET that meets the same fate is retried on the other endpoint.
-    let out = get(&s, "/idempotent");
-    let out2 = get(&s, "/idempotent");
-    assert!([out.status, out2.status].iter().all(|&st| st == 200), "{} {}", out.status, out2.status);
-    assert!(other.count() >= 2);
+    let before = other.count();
+    for _ in 0..4 {
+        let out = get(&s, "/idempotent");
+        assert_eq!(out.status, 200, "{}", out.text());
+    }
+    assert_eq!(other.count(), before + 4);
 }
 
 #[test]
@@ -325,8 +337,16 @@ fn upstreams_endpoint_reports_live_state() {
             assert!(!e[key].is_null(), "endpoint field {key} missing: {e}");
         }
     }
+    get(&s, "/");
     let m = curl(&[&format!("http://{admin}/metrics")]).text();
-    assert!(m.contains("sumun_upstream_endpoint_healthy{"), "{m}");
+    for name in [
+        "sumun_upstream_endpoint_healthy{",
+        "sumun_upstream_endpoint_in_flight{",
+        "sumun_upstream_endpoint_request_duration_seconds_bucket{",
+        "sumun_upstream_health_checks_total{",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
 }
 
 #[test]
