@@ -79,7 +79,7 @@ FAILED=1                     # cleared at the very end of a successful run
 
 proc_state() {               # state letter of PID, or "gone"
   local s
-  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo gone; return; }
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo gone; return 0; }
   s=${s##*) }
   echo "${s%% *}"
 }
