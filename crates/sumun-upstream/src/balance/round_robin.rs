@@ -53,16 +53,6 @@ impl RoundRobin {
     }
 }
 
-impl RoundRobin {
-    /// The schedule's next slot, ignoring availability. A bridge for callers that predate
-    /// [`Balancer`] (the pool, until it moves to `balance::build`); remove with them.
-    #[doc(hidden)]
-    pub fn pick(&self) -> Option<usize> {
-        let len = self.schedule.len();
-        (len > 0).then(|| self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % len] as usize)
-    }
-}
-
 impl Balancer for RoundRobin {
     fn pick(&self, endpoints: &[Arc<EndpointState>], ctx: &PickCtx<'_>) -> Option<usize> {
         let len = self.schedule.len();
@@ -132,7 +122,7 @@ mod tests {
     fn smooth_sequence() {
         let rr = from_start(&[5, 1, 1]);
         let eps = endpoints(&[5, 1, 1]);
-        let seq: Vec<usize> = (0..7).map(|_| Balancer::pick(&rr, &eps, &ctx(None, &[])).unwrap()).collect();
+        let seq: Vec<usize> = (0..7).map(|_| rr.pick(&eps, &ctx(None, &[])).unwrap()).collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -195,7 +185,7 @@ mod tests {
         for (at, ramp) in [(1000, 0.1), (1250, 0.25), (1500, 0.5), (1750, 0.75), (2000, 1.0), (9000, 1.0)] {
             let ctx = PickCtx { hash: None, now_ms: at, exclude: &[], panic: false, slow_start: Some(&ss) };
             let n = 100_000;
-            let hits = (0..n).filter(|_| Balancer::pick(&rr, &eps, &ctx) == Some(0)).count();
+            let hits = (0..n).filter(|_| rr.pick(&eps, &ctx) == Some(0)).count();
             let want = ramp / (3.0 + ramp);
             let got = hits as f64 / f64::from(n);
             assert!((got - want).abs() < 0.01, "at {at}: share {got}, want {want}");
@@ -214,7 +204,7 @@ mod tests {
         let ctx = PickCtx { hash: None, now_ms: 1000, exclude: &[], panic: false, slow_start: Some(&ss) };
         let mut c = [0u32; 3];
         for _ in 0..30_000 {
-            c[Balancer::pick(&rr, &eps, &ctx).expect("pick")] += 1;
+            c[rr.pick(&eps, &ctx).expect("pick")] += 1;
         }
         assert!(c.iter().all(|&x| x > 9_000), "{c:?}");
     }
@@ -226,7 +216,7 @@ mod tests {
         let eps = endpoints(&[1_000_000, 3_000_000, 1]);
         let mut counts = [0usize; 3];
         for _ in 0..rr.schedule.len() {
-            counts[Balancer::pick(&rr, &eps, &ctx(None, &[])).unwrap()] += 1;
+            counts[rr.pick(&eps, &ctx(None, &[])).unwrap()] += 1;
         }
         assert!(counts[2] >= 1);
         let ratio = counts[1] as f64 / counts[0] as f64;
