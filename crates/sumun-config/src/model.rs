@@ -504,3 +504,88 @@ impl std::fmt::Debug for Secret {
         f.write_str("Secret(***)")
     }
 }
+
+/// `[forward_proxy]`: the egress policy of listeners with `forward_proxy = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    /// Empty = every destination not denied (and not private, see `block_private`).
+    pub allow: Vec<EgressRule>,
+    /// Deny wins over allow.
+    pub deny: Vec<EgressRule>,
+    /// Refuse loopback, RFC 1918, link-local (incl. 169.254.169.254), unique-local and
+    /// unspecified addresses unless an allow rule names them (by CIDR or IP literal).
+    pub block_private: bool,
+    /// Empty = no proxy authentication.
+    pub users: Vec<ProxyUser>,
+    pub connect_timeout: Duration,
+    /// A CONNECT tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    pub dns: Dns,
+}
+
+impl Default for ForwardProxy {
+    fn default() -> Self {
+        ForwardProxy {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            block_private: true,
+            users: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            tunnel_idle_timeout: Duration::from_secs(300),
+            dns: Dns::default(),
+        }
+    }
+}
+
+/// One allow/deny entry, e.g. `"*.example.com:443"`, `"10.0.0.0/8"`, `"*:22"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    /// Stable name for logs and 403 bodies: `deny[2]`, `allow[0]`, `user alice allow[1]`.
+    pub id: String,
+    /// The rule as written.
+    pub text: String,
+    pub target: EgressTarget,
+    /// Inclusive port range; None = any port.
+    pub ports: Option<(u16, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressTarget {
+    /// `*`: any host.
+    Any,
+    /// An exact host name, lower-case, no trailing dot.
+    Host(String),
+    /// `*.example.com` stored as ".example.com": one or more labels before it.
+    Suffix(String),
+    /// An IP network; a bare IP is a /32 or /128. Matched against the resolved address.
+    Cidr { addr: std::net::IpAddr, prefix: u8 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyUser {
+    pub name: String,
+    /// PHC string: argon2 (`$argon2id$…`) or bcrypt (`$2b$…`). Never a plain password.
+    pub password_hash: String,
+    /// If non-empty, this user may only reach these destinations (the global deny still wins).
+    pub allow: Vec<EgressRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    pub timeout: Duration,
+    /// Answers are cached for their TTL clamped to [min_ttl, max_ttl].
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub cache_size: usize,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            timeout: Duration::from_secs(5),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            cache_size: 4096,
+        }
+    }
+}
