@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod diagnostics;
+mod forward_proxy;
 mod headers;
 mod listener;
 pub mod model;

@@ -37,6 +37,7 @@ pub(crate) fn listener(
         bind: bind_addr(cx, bind, &what)?,
         tls,
         trust_forwarded: l.trust_forwarded.as_ref().is_some_and(|t| *t.get_ref()),
+        forward_proxy: l.forward_proxy.as_ref().is_some_and(|f| *f.get_ref()),
         limits,
     };
     Some((listener, bind.span()))

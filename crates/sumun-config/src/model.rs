@@ -24,6 +24,9 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// In file order: first match wins.
     pub routes: Vec<Route>,
+    /// `[forward_proxy]`: egress policy for listeners with `forward_proxy = true` (defaults
+    /// when the table is absent).
+    pub forward_proxy: ForwardProxy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +65,9 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Trust inbound `Forwarded` / `X-Forwarded-*` (append to them) instead of replacing them.
     pub trust_forwarded: bool,
+    /// Also act as a forward proxy: absolute-form requests and `CONNECT` tunnels, under the
+    /// policy in [`Config::forward_proxy`]. Origin-form requests still go to the router.
+    pub forward_proxy: bool,
     pub limits: Limits,
 }
 
@@ -540,7 +546,8 @@ impl Default for ForwardProxy {
 /// One allow/deny entry, e.g. `"*.example.com:443"`, `"10.0.0.0/8"`, `"*:22"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressRule {
-    /// Stable name for logs and 403 bodies: `deny[2]`, `allow[0]`, `user alice allow[1]`.
+    /// Stable name for logs and 403 bodies: `deny[2]`, `allow[0]`, `users.alice.allow[1]`
+    /// (the index counts from 0 in the list as written).
     pub id: String,
     /// The rule as written.
     pub text: String,
@@ -558,6 +565,7 @@ pub enum EgressTarget {
     /// `*.example.com` stored as ".example.com": one or more labels before it.
     Suffix(String),
     /// An IP network; a bare IP is a /32 or /128. Matched against the resolved address.
+    /// `addr` is the network address (no host bits set).
     Cidr { addr: std::net::IpAddr, prefix: u8 },
 }
 

@@ -22,6 +22,7 @@ pub(crate) struct RawConfig {
     pub listener: Option<S<Entries<S<RawListener>>>>,
     pub upstream: Option<S<Entries<S<RawUpstream>>>>,
     pub route: Option<Vec<S<RawRoute>>>,
+    pub forward_proxy: Option<S<RawForwardProxy>>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +37,7 @@ pub(crate) struct RawListener {
     pub bind: Option<S<String>>,
     pub tls: Option<S<RawTls>>,
     pub trust_forwarded: Option<S<bool>>,
+    pub forward_proxy: Option<S<bool>>,
     pub limits: Option<S<RawLimits>>,
 }
 
@@ -258,6 +260,34 @@ pub(crate) struct RawHeaderOps {
     pub set: Option<S<Entries<S<String>>>>,
     pub add: Option<S<Entries<S<String>>>>,
     pub remove: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawForwardProxy {
+    pub allow: Option<S<Vec<S<String>>>>,
+    pub deny: Option<S<Vec<S<String>>>>,
+    pub block_private: Option<S<bool>>,
+    pub connect_timeout: Option<S<String>>,
+    pub tunnel_idle_timeout: Option<S<String>>,
+    pub dns: Option<S<RawDns>>,
+    pub users: Option<S<Entries<S<RawProxyUser>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawDns {
+    pub timeout: Option<S<String>>,
+    pub min_ttl: Option<S<String>>,
+    pub max_ttl: Option<S<String>>,
+    pub cache_size: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawProxyUser {
+    pub password_hash: Option<S<String>>,
+    pub allow: Option<S<Vec<S<String>>>>,
 }
 
 /// A size: a plain integer of bytes or a string with a unit.

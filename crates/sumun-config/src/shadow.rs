@@ -293,6 +293,7 @@ mod tests {
                 route("b", 9, RouteMatch { path: prefix("/other"), ..m() }),
                 route("c", 12, RouteMatch { path: path("/api/x"), ..m() }),
             ],
+            forward_proxy: ForwardProxy::default(),
         };
         let w = shadow_warnings(&config, Path::new("s.toml"));
         assert_eq!(w.len(), 1);

@@ -168,6 +168,20 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         }
     }
 
+    let forward_proxy = crate::forward_proxy::forward_proxy(cx, raw.forward_proxy.as_ref());
+    let fp_listeners: Vec<(&Listener, Range<usize>)> = raw
+        .listener
+        .iter()
+        .flat_map(|t| &t.get_ref().0)
+        .filter_map(|(name, l)| {
+            let flag = l.get_ref().forward_proxy.as_ref().filter(|f| *f.get_ref())?;
+            let listener = listeners.iter().find(|v| &v.name == name.get_ref())?;
+            Some((listener, flag.span()))
+        })
+        .collect();
+    let table = raw.forward_proxy.as_ref().map(|t| t.span());
+    crate::forward_proxy::listener_warnings(cx, &fp_listeners, &forward_proxy, table);
+
     let names = crate::route::Names { listeners: &listener_names, upstreams: &upstream_names };
     let routes = crate::route::routes(cx, raw.route.as_deref().unwrap_or_default(), &names);
 
@@ -184,6 +198,7 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         listeners,
         upstreams,
         routes,
+        forward_proxy,
     })
 }
 

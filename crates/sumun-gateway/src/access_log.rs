@@ -28,6 +28,8 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
 }
 
 /// A handle to the writer thread; cheap to clone.

@@ -33,6 +33,8 @@ pub struct Exchange {
     pub upstream: Option<Arc<str>>,
     pub bytes_in: u64,
     pub error: Option<&'static str>,
+    /// The egress rule that decided a forward-proxy request, for the audit trail.
+    pub rule: Option<String>,
 }
 
 impl Exchange {
@@ -60,6 +62,7 @@ impl Exchange {
                 upstream: self.upstream.as_deref(),
                 request_id: self.request_id.to_str().unwrap_or(""),
                 error,
+                rule: self.rule.as_deref(),
             });
         }
     }

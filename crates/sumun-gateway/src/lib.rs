@@ -8,8 +8,10 @@
 
 pub mod access_log;
 mod conn_state;
+pub mod egress;
 mod exchange;
 mod forward;
+mod forward_proxy;
 mod h1guard;
 pub mod path;
 mod proxy;

@@ -48,6 +48,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         upstream: None,
         bytes_in: 0,
         error: None,
+        rule: None,
     });
     let close = ctx.guard_violation().is_some();
     let result = match ctx.guard_violation() {
@@ -103,6 +104,19 @@ async fn dispatch(
     runtime: &Runtime,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
+    let listener = runtime.listener(&ctx.listener);
+    let max_body = listener.map_or(u64::MAX, |l| l.limits.max_body_bytes);
+    if let Some(fwd) = runtime.forward.as_ref().filter(|_| listener.is_some_and(|l| l.forward_proxy))
+        && crate::forward_proxy::is_forward_request(&req)
+    {
+        if via_contains(req.headers(), &runtime.via.pseudonym) {
+            return Err(ProxyError::new(
+                ErrorKind::Loop,
+                "the request has already passed through this proxy",
+            ));
+        }
+        return crate::forward_proxy::handle(req, ctx, fwd, &runtime.via, max_body, ex).await;
+    }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::new(ErrorKind::BadRequest, "CONNECT is not accepted on this listener"));
     }
@@ -148,8 +162,6 @@ async fn dispatch(
     };
     ex.route = Some(index);
 
-    let listener = runtime.listener(&ctx.listener);
-    let max_body = listener.map_or(u64::MAX, |l| l.limits.max_body_bytes);
     let declared = content_length(req.headers())?;
     if declared.is_some_and(|n| n > max_body) {
         return Err(ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed"));

@@ -21,6 +21,8 @@ pub struct ListenerRuntime {
     pub limits: Limits,
     pub tls: Option<TlsAcceptor>,
     pub trust_forwarded: bool,
+    /// Absolute-form requests and CONNECT go to the forward proxy.
+    pub forward_proxy: bool,
 }
 
 /// What a matched route does.
@@ -119,12 +121,16 @@ pub struct Runtime {
     pub listeners: Vec<(String, ListenerRuntime)>,
     /// Requests that match no route are counted here.
     pub unrouted: RouteMetrics,
+    /// Built when a listener has `forward_proxy = true`.
+    pub forward: Option<crate::forward_proxy::ForwardRuntime>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("via pseudonym `{0}` cannot be used in a header")]
     Via(String),
+    #[error("forward proxy: {0}")]
+    Forward(String),
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
 }
@@ -144,7 +150,12 @@ impl Runtime {
             };
             listeners.push((
                 l.name.clone(),
-                ListenerRuntime { limits: l.limits.clone(), tls, trust_forwarded: l.trust_forwarded },
+                ListenerRuntime {
+                    limits: l.limits.clone(),
+                    tls,
+                    trust_forwarded: l.trust_forwarded,
+                    forward_proxy: l.forward_proxy,
+                },
             ));
         }
         let pools: Vec<Arc<UpstreamPool>> = config
@@ -200,6 +211,14 @@ impl Runtime {
                 }
             })
             .collect();
+        let forward = if config.listeners.iter().any(|l| l.forward_proxy) {
+            Some(
+                crate::forward_proxy::ForwardRuntime::new(&config.forward_proxy)
+                    .map_err(BuildError::Forward)?,
+            )
+        } else {
+            None
+        };
         let unrouted_name: Arc<str> = Arc::from("");
         Ok(Runtime {
             via: ViaEntries::new(&config.via).ok_or_else(|| BuildError::Via(config.via.clone()))?,
@@ -208,6 +227,7 @@ impl Runtime {
             pools,
             listeners,
             unrouted: RouteMetrics::new(&unrouted_name),
+            forward,
         })
     }
 

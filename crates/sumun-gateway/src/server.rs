@@ -375,7 +375,9 @@ impl Gateway {
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(max_head)
-            .serve_connection(TokioIo::new(io), svc);
+            .serve_connection(TokioIo::new(io), svc)
+            // CONNECT tunnels take the connection over once answered with 200.
+            .with_upgrades();
         self.supervise(&conn, c).await;
     }
 
@@ -457,6 +459,19 @@ where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> GracefulConn for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     B: http_body::Body + 'static,
     B::Error: Into<BoxError>,
 {

@@ -331,7 +331,16 @@ fn the_documented_complete_example_is_valid() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let c = loaded.config;
     assert_eq!(c.routes.len(), 7);
-    assert_eq!(c.listeners.len(), 2);
+    let listeners: Vec<(&str, bool)> =
+        c.listeners.iter().map(|l| (l.name.as_str(), l.forward_proxy)).collect();
+    assert_eq!(listeners, [("internal", false), ("proxy", true), ("web", false)]);
+    let fp = &c.forward_proxy;
+    assert_eq!((fp.allow.len(), fp.deny.len(), fp.block_private), (4, 2, true));
+    assert_eq!(fp.allow[3].target, EgressTarget::Cidr { addr: "10.20.0.0".parse().unwrap(), prefix: 16 });
+    assert_eq!(fp.dns, Dns::default());
+    assert_eq!((fp.connect_timeout, fp.tunnel_idle_timeout), (secs(10), secs(300)));
+    assert_eq!(fp.users.len(), 1);
+    assert_eq!((fp.users[0].name.as_str(), fp.users[0].allow.len()), ("ci", 2));
     let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["api", "grpc", "legacy", "sessions"]);
     let (api, grpc, legacy, sessions) = (&c.upstreams[0], &c.upstreams[1], &c.upstreams[2], &c.upstreams[3]);

@@ -1,6 +1,7 @@
 //! End-to-end tests of `parse_str` / `load`: text in, validated model or diagnostics out.
 
 mod errors;
+mod forward_proxy;
 mod keys;
 mod upstream;
 
