@@ -152,7 +152,7 @@ disable_services() {
         log "stopping the $svc service the package started"
         "/etc/init.d/$svc" stop >/dev/null 2>&1 || log "warning: could not stop the $svc service"
       fi
-      command -v update-rc.d >/dev/null && update-rc.d "$svc" disable >/dev/null 2>&1 || true
+      if command -v update-rc.d >/dev/null; then update-rc.d "$svc" disable >/dev/null 2>&1 || true; fi
     fi
   done
 }
@@ -232,6 +232,12 @@ chmod 755 "$WORK"
 DATA=$WORK/data
 mkdir -p "$DATA"
 log "work dir: $WORK"
+if [[ -n $SUMUN_BIN ]]; then
+  # A private copy: others may rebuild target/release/sumun while this runs. The report names
+  # the original path.
+  mkdir -p "$WORK/bin" && cp "$SUMUN_BIN" "$WORK/bin/sumun"
+  SUMUN_RUN=$WORK/bin/sumun
+fi
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -427,10 +433,10 @@ start_proxy() {               # start_proxy PROXY DIR -> sets PROXY_PORT, PROXY_
   local logf=$dir/stderr.log
   case $p in
   sumun)
-    "$SUMUN_BIN" check -c "$conf" >"$dir/check.txt" 2>&1 \
+    "$SUMUN_RUN" check -c "$conf" >"$dir/check.txt" 2>&1 \
       || { cat "$dir/check.txt" >&2; die "sumun check refused $conf (is [forward_proxy] implemented in this build?)"; }
     # shellcheck disable=SC2086
-    start_group "$PROXY_CPU" "$logf" "$SUMUN_BIN" serve -c "$conf" --threads 1 $SUMUN_ARGS ;;
+    start_group "$PROXY_CPU" "$logf" "$SUMUN_RUN" serve -c "$conf" --threads 1 $SUMUN_ARGS ;;
   squid)
     "$SQUID" -k parse -f "$conf" >"$dir/parse.txt" 2>&1 \
       || { tail -n 20 "$dir/parse.txt" >&2; die "squid -k parse refused $conf"; }

@@ -348,9 +348,10 @@ def main():
         for s in http[n]["samples"][:1]:
             if s.get("pids_changed"):
                 L.append(f"- ⚠ {LABEL[n]}: its set of processes changed during the measured run.")
-    L.append("- Origin connections / requests: the origin's nginx `stub_status` over measured run 1. "
-             "A handful of connections means the proxy kept its origin connections alive; one per request "
-             "means it opened a new one for each.")
+    L.append("- Origin connections / requests: what the origin's nginx (`stub_status`) accepted and served "
+             "during measured run 1. The warm-up run has already filled the proxy's pool, so 0 to a handful "
+             "of new connections means the proxy kept its origin connections alive; one per request means "
+             "it opened a new one for each.")
     busy = []
     for n in names:
         xs = [x.get("proxy_core_others_pct") for x in http[n]["samples"]]
@@ -367,8 +368,8 @@ def main():
                     "machine." if worst > 5 else ""))
     if tunnel:
         L.append("- Tunnel: proxy CPU s/GB = utime+stime of the proxy over the transfer ÷ GB moved (one "
-                 "direction); \"proxy core busy\" = its schedstat run time ÷ curl's transfer time (100 % = the "
-                 "proxy's core was the bottleneck). The direct transfer runs curl and the origin on one core; "
+                 "direction); \"proxy core busy\" = that CPU time ÷ curl's transfer time (100 % = the "
+                 "proxy's core was the bottleneck; ±1 tick of 10 ms). The direct transfer runs curl and the origin on one core; "
                  f"through a proxy they keep that core and the proxy adds core {a.proxy_cpu}.")
         for n in proxies:
             t = tunnel.get(n)

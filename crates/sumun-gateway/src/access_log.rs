@@ -30,6 +30,25 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
+    /// Forward-proxy audit fields; absent for reverse-proxy requests.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<&'a EgressAudit>,
+}
+
+/// What the access log records about a forward-proxy request or tunnel.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EgressAudit {
+    /// "forward" (absolute-form) or "tunnel" (CONNECT).
+    pub kind: &'static str,
+    pub target_host: String,
+    pub target_port: u16,
+    /// The address connected to (tunnels); None when none was, or for pooled forward requests.
+    pub target_addr: Option<String>,
+    pub user: Option<String>,
+    /// "allowed", "denied" or "auth_required".
+    pub decision: &'static str,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 /// A handle to the writer thread; cheap to clone.

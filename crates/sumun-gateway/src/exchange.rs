@@ -35,17 +35,25 @@ pub struct Exchange {
     pub error: Option<&'static str>,
     /// The egress rule that decided a forward-proxy request, for the audit trail.
     pub rule: Option<String>,
+    /// Forward-proxy audit fields.
+    pub egress: Option<Box<crate::access_log::EgressAudit>>,
+    /// A CONNECT tunnel writes its own access-log line when it closes.
+    pub deferred_log: bool,
 }
 
 impl Exchange {
-    fn finish(self, status: StatusCode, bytes_out: u64, aborted: bool) {
+    fn finish(mut self, status: StatusCode, bytes_out: u64, aborted: bool) {
         let route = self.route.and_then(|i| self.runtime.routes.get(i));
         let metrics = route.map_or(&self.runtime.unrouted, |r| &r.metrics);
         let elapsed = self.start.elapsed();
         metrics.count(status);
         metrics.duration.record(elapsed.as_secs_f64());
         self.conn.request_finished();
-        if let Some(log) = &self.access_log {
+        if let Some(e) = self.egress.as_deref_mut().filter(|e| e.kind == "forward") {
+            e.bytes_up = self.bytes_in;
+            e.bytes_down = bytes_out;
+        }
+        if let Some(log) = self.access_log.as_ref().filter(|_| !self.deferred_log) {
             let error = if aborted { Some(self.error.unwrap_or("response_aborted")) } else { self.error };
             log.log(&AccessRecord {
                 time: now_rfc3339(),
@@ -63,6 +71,7 @@ impl Exchange {
                 request_id: self.request_id.to_str().unwrap_or(""),
                 error,
                 rule: self.rule.as_deref(),
+                egress: self.egress.as_deref(),
             });
         }
     }

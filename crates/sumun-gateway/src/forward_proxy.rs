@@ -25,7 +25,8 @@ use sumun_http::{Body, ErrorKind, ProxyError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::egress::{EgressPolicy, ProxyAuth, Refusal, Resolver};
+use crate::access_log::{AccessLogger, AccessRecord, EgressAudit, now_rfc3339};
+use crate::egress::{DnsError, EgressPolicy, ProxyAuth, Refusal, Resolver};
 use crate::exchange::Exchange;
 use crate::server::ConnCtx;
 
@@ -83,20 +84,6 @@ pub async fn handle(
     max_body: u64,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, ProxyError> {
-    let user = match fwd.auth.verify(req.headers()).await {
-        Ok(u) => u,
-        Err(_) => {
-            ex.error = Some("proxy_auth_required");
-            metrics::counter!("sumun_egress_requests_total", "decision" => "auth_required").increment(1);
-            let mut res = problem_response(
-                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                "this proxy requires authentication",
-                Some(&ex.request_id),
-            );
-            res.headers_mut().insert(header::PROXY_AUTHENTICATE, crate::egress::challenge());
-            return Ok(res);
-        }
-    };
     let is_connect = req.method() == Method::CONNECT;
     let uri = req.uri().clone();
     if !is_connect && uri.scheme_str() != Some("http") {
@@ -115,21 +102,41 @@ pub async fn handle(
         (None, true) => return Err(ProxyError::new(ErrorKind::BadRequest, "CONNECT needs host:port")),
     };
     ex.upstream = Some(Arc::from(format!("{host}:{port}")));
+    ex.egress = Some(Box::new(EgressAudit {
+        kind: if is_connect { "tunnel" } else { "forward" },
+        target_host: host.clone(),
+        target_port: port,
+        decision: "allowed",
+        ..EgressAudit::default()
+    }));
+    let user = match fwd.auth.verify(req.headers()).await {
+        Ok(u) => u,
+        Err(_) => {
+            ex.error = Some("proxy_auth_required");
+            if let Some(e) = ex.egress.as_deref_mut() {
+                e.decision = "auth_required";
+            }
+            metrics::counter!("sumun_egress_requests_total", "decision" => "auth_required").increment(1);
+            let mut res = problem_response(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "this proxy requires authentication",
+                Some(&ex.request_id),
+            );
+            res.headers_mut().insert(header::PROXY_AUTHENTICATE, crate::egress::challenge());
+            return Ok(res);
+        }
+    };
+    if let Some(e) = ex.egress.as_deref_mut() {
+        e.user = user.clone();
+    }
     let user = user.as_deref();
     if let Err(r) = fwd.policy.check_name(&host, port, user) {
         return Ok(refused(ex, &r));
     }
-    let addrs = match tokio::time::timeout(fwd.connect_timeout, fwd.resolver.resolve(&host, port)).await {
-        Ok(Ok(a)) if !a.is_empty() => a,
-        Ok(_) => {
-            return Err(ProxyError::new(
-                ErrorKind::ConnectFailed,
-                "the destination host could not be resolved",
-            ));
-        }
-        Err(_) => {
-            return Err(ProxyError::new(ErrorKind::ConnectTimeout, "resolving the destination timed out"));
-        }
+    let addrs = match fwd.resolver.resolve(&host, port).await {
+        Ok(a) if !a.is_empty() => a,
+        Ok(_) => return Err(dns_error(ex, DnsError::NoAddresses)),
+        Err(e) => return Err(dns_error(ex, e)),
     };
     let mut allowed = Vec::with_capacity(addrs.len());
     let mut first_refusal = None;
@@ -149,13 +156,27 @@ pub async fn handle(
     metrics::counter!("sumun_egress_requests_total", "decision" => "allowed").increment(1);
 
     if is_connect {
-        let stream = connect_any(&allowed, fwd.connect_timeout).await?;
+        let stream = connect_any(&allowed, fwd.connect_timeout)
+            .await
+            .inspect_err(|e| ex.error = Some(e.kind_name()))?;
+        let mut audit = ex.egress.as_deref().cloned().unwrap_or_default();
+        audit.target_addr = stream.peer_addr().ok().map(|a| a.ip().to_string());
+        // The tunnel writes the access-log line when it closes, with its bytes and lifetime.
+        ex.deferred_log = true;
+        let log = TunnelLog {
+            logger: ex.access_log.clone(),
+            listener: ex.listener.clone(),
+            client: ex.peer.map(|p| p.ip().to_string()),
+            request_id: ex.request_id.to_str().unwrap_or("").to_owned(),
+            version: ex.version,
+            started: ex.start,
+            audit,
+        };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let idle = fwd.idle_timeout;
-        let target = format!("{host}:{port}");
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => tunnel(TokioIo::new(upgraded), stream, idle, target).await,
+                Ok(upgraded) => tunnel(TokioIo::new(upgraded), stream, idle, log).await,
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
         });
@@ -175,7 +196,10 @@ pub async fn handle(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return classify(&e, ex),
         Err(_) => {
-            return Err(ProxyError::new(ErrorKind::UpstreamTimeout, "the destination did not answer in time"));
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                "the destination did not answer in time",
+            ));
         }
     };
     let (mut rparts, rbody) = res.into_parts();
@@ -189,10 +213,33 @@ pub async fn handle(
 /// 403 naming the rule that refused, audited in the access log.
 fn refused(ex: &mut Exchange, r: &Refusal) -> Response<Body> {
     ex.error = Some("egress_denied");
+    if let Some(e) = ex.egress.as_deref_mut() {
+        e.decision = "denied";
+    }
     ex.rule = Some(r.rule.clone());
     metrics::counter!("sumun_egress_requests_total", "decision" => "denied").increment(1);
     tracing::info!(target_host = ex.upstream.as_deref().unwrap_or(""), rule = %r.rule, "egress refused");
     problem_response(StatusCode::FORBIDDEN, &format!("{} (rule {})", r.detail, r.rule), Some(&ex.request_id))
+}
+
+/// DNS failures: 504 for a timeout, 502 otherwise, with the cause in the access log.
+fn dns_error(ex: &mut Exchange, e: DnsError) -> ProxyError {
+    ex.error = Some(match e {
+        DnsError::Timeout => "dns_timeout",
+        DnsError::NotFound => "dns_nxdomain",
+        DnsError::NoAddresses => "dns_no_addresses",
+        DnsError::InvalidName => "dns_invalid_name",
+        DnsError::Failed => "dns_failed",
+    });
+    match e {
+        DnsError::Timeout => {
+            ProxyError::new(ErrorKind::ConnectTimeout, "resolving the destination timed out")
+        }
+        DnsError::InvalidName => {
+            ProxyError::new(ErrorKind::BadRequest, "the destination is not a valid host name")
+        }
+        _ => ProxyError::new(ErrorKind::ConnectFailed, "the destination host could not be resolved"),
+    }
 }
 
 fn classify(e: &hyper_util::client::legacy::Error, ex: &mut Exchange) -> Result<Response<Body>, ProxyError> {
@@ -349,7 +396,18 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
 
 /// Copies both ways until both sides close (a half-close is passed on), or until no byte
 /// moved for `idle`.
-async fn tunnel<C>(client: C, upstream: TcpStream, idle: Duration, target: String)
+/// What the tunnel's access-log line needs, captured when the CONNECT was answered.
+struct TunnelLog {
+    logger: Option<AccessLogger>,
+    listener: Arc<str>,
+    client: Option<String>,
+    request_id: String,
+    version: Version,
+    started: Instant,
+    audit: EgressAudit,
+}
+
+async fn tunnel<C>(client: C, upstream: TcpStream, idle: Duration, mut log: TunnelLog)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -364,11 +422,11 @@ where
     let outcome = loop {
         let last = start + Duration::from_millis(stats.last.load(Ordering::Relaxed));
         tokio::select! {
-            r = &mut copy => break match r { Ok(_) => "closed", Err(_) => "error" },
+            r = &mut copy => break match r { Ok(_) => None, Err(_) => Some("reset") },
             _ = tokio::time::sleep_until((last + idle).into()) => {
                 let last = start + Duration::from_millis(stats.last.load(Ordering::Relaxed));
                 if last.elapsed() >= idle {
-                    break "idle_timeout";
+                    break Some("idle_timeout");
                 }
             }
         }
@@ -378,12 +436,28 @@ where
     metrics::counter!("sumun_egress_tunnel_bytes_total", "direction" => "up").increment(up);
     metrics::counter!("sumun_egress_tunnel_bytes_total", "direction" => "down").increment(down);
     metrics::histogram!("sumun_egress_tunnel_duration_seconds").record(start.elapsed().as_secs_f64());
-    tracing::info!(
-        target_host = %target,
-        bytes_up = up,
-        bytes_down = down,
-        duration_ms = start.elapsed().as_millis() as u64,
-        outcome,
-        "tunnel closed"
-    );
+    tracing::debug!(target_host = %log.audit.target_host, bytes_up = up, bytes_down = down, ?outcome, "tunnel closed");
+    if let Some(logger) = &log.logger {
+        log.audit.bytes_up = up;
+        log.audit.bytes_down = down;
+        let path = format!("{}:{}", log.audit.target_host, log.audit.target_port);
+        logger.log(&AccessRecord {
+            time: now_rfc3339(),
+            listener: &log.listener,
+            route: None,
+            client: log.client.clone(),
+            method: "CONNECT",
+            path: &path,
+            version: if log.version == Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" },
+            status: 200,
+            bytes_in: up,
+            bytes_out: down,
+            duration_ms: log.started.elapsed().as_secs_f64() * 1000.0,
+            upstream: Some(&path),
+            request_id: &log.request_id,
+            error: outcome,
+            rule: None,
+            egress: Some(&log.audit),
+        });
+    }
 }

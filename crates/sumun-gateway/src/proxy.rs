@@ -49,6 +49,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         bytes_in: 0,
         error: None,
         rule: None,
+        egress: None,
+        deferred_log: false,
     });
     let close = ctx.guard_violation().is_some();
     let result = match ctx.guard_violation() {
@@ -56,7 +58,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         None => dispatch(req, &ctx, &runtime, &mut ex).await,
     };
     let mut res = result.unwrap_or_else(|e| {
-        ex.error = Some(e.kind_name());
+        ex.error.get_or_insert(e.kind_name());
         if let Some(src) = &e.source {
             tracing::debug!(error = %src, kind = e.kind_name(), "request failed");
         }
