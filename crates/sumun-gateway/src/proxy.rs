@@ -117,6 +117,11 @@ async fn dispatch(
                 "the request has already passed through this proxy",
             ));
         }
+        let declared = content_length(req.headers())?;
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed"));
+        }
+        ex.bytes_in = declared.unwrap_or(0);
         return crate::forward_proxy::handle(req, ctx, fwd, &runtime.via, max_body, ex).await;
     }
     if req.method() == Method::CONNECT {
