@@ -225,6 +225,11 @@ if [[ " $PROXIES " == *" sumun "* ]]; then
 fi
 export SUMUN_BIN="${SUMUN_BIN:-}"
 
+# From here on this script and its helpers (snapshots, readiness, counters, the quiet check)
+# stay on the load core: a Python start-up on the proxy's core (~30 ms) would count as another
+# process there — about 10 % of a 0.3 s tunnel transfer. The servers are pinned explicitly.
+taskset -cp "$LOAD_CPU" $$ >/dev/null || die "taskset -cp $LOAD_CPU $$ failed"
+
 # ---------------------------------------------------------------- helpers
 mkdir -p "$BENCH_DIR/work"
 WORK=$(mktemp -d "$BENCH_DIR/work/forward-proxy.XXXXXX")

@@ -106,6 +106,12 @@ def closes_per_request(r):
     return bool(r["samples"])
 
 
+def shared_core(samples):
+    """⚠ when another process took > 5 % of the proxy's core during any of these runs."""
+    worst = max((s.get("proxy_core_others_pct") or 0 for s in samples), default=0)
+    return " ⚠" if worst > 5 else ""
+
+
 def ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -264,7 +270,7 @@ def main():
         orig = (f"{s0['backend_conns_accepted']:,} / {s0['backend_requests']:,}"
                 if "backend_conns_accepted" in s0 else "–")
         mark = " ¹" if closes_per_request(r) else ""
-        L.append(f"| {label(n)} | {R.fmt_int(r['req_per_s'])} | {R.fmt_f(r['cpu_us_per_req'])} | "
+        L.append(f"| {label(n)}{shared_core(r['samples'])} | {R.fmt_int(r['req_per_s'])} | {R.fmt_f(r['cpu_us_per_req'])} | "
                  f"{R.fmt_ms(r['p50_us'])} | {R.fmt_ms(r['p99_us'])} | {R.fmt_mib(r['peak_rss_kb'])} | {orig} | "
                  f"{r['non_2xx_3xx']} / {r['socket_errors']:,}{mark} |")
     L.append("")
@@ -304,7 +310,7 @@ def main():
             mark = ""
             if n == "sumun" and t["vs_direct"] is not None:
                 mark = " ✅" if t["vs_direct"] >= TUNNEL_TARGET else " ❌"
-            L.append(f"| {label(n)} | {fmt_mbs(t['mb_per_s'])} | {fmt_pct(t['vs_direct'])}{mark} | "
+            L.append(f"| {label(n)}{shared_core(t['samples'])} | {fmt_mbs(t['mb_per_s'])} | {fmt_pct(t['vs_direct'])}{mark} | "
                      f"{R.fmt_f(t['cpu_s_per_gb'], 3)} | {R.fmt_f(t['proxy_core_use_pct'], 0)} % | "
                      f"{R.fmt_mib(t['peak_rss_kb'])} |")
         L.append("")
@@ -364,12 +370,13 @@ def main():
                     + [s.get("proxy_core_others_pct") for s in (tunnel.get(n) or {}).get("samples", [])])
         L.append(f"- Other processes on core {a.proxy_cpu} during the measured runs (HTTP runs, then "
                  f"tunnel transfers; /proc/stat busy minus the proxy's own time): {', '.join(busy)}."
-                 + (" ⚠ Above 5%: the proxy shared its core, so its figures are inflated; re-run on a quiet "
-                    "machine." if worst > 5 else ""))
+                 + (" ⚠ (in the tables) = above 5% in at least one run: the proxy shared its core, so its "
+                    "figures are inflated; re-run on a quiet machine." if worst > 5 else ""))
     if tunnel:
         L.append("- Tunnel: proxy CPU s/GB = utime+stime of the proxy over the transfer ÷ GB moved (one "
                  "direction); \"proxy core busy\" = that CPU time ÷ curl's transfer time (100 % = the "
-                 "proxy's core was the bottleneck; ±1 tick of 10 ms). The direct transfer runs curl and the origin on one core; "
+                 "proxy's core was the bottleneck; ±1 tick of 10 ms). With this kernel's tick-based CPU accounting the "
+                 "loopback network work the kernel does in the proxy's context (softirq) is charged to the proxy. The direct transfer runs curl and the origin on one core; "
                  f"through a proxy they keep that core and the proxy adds core {a.proxy_cpu}.")
         for n in proxies:
             t = tunnel.get(n)
