@@ -39,10 +39,29 @@ pub struct Exchange {
     pub egress: Option<Box<crate::access_log::EgressAudit>>,
     /// A CONNECT tunnel writes its own access-log line when it closes.
     pub deferred_log: bool,
+    /// Bytes of a request body without Content-Length, counted as it streams.
+    pub bytes_in_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Exchange {
+    /// The request body, limited to `max` bytes; counted for the access log when its length
+    /// was not declared.
+    pub fn request_body(&mut self, inner: hyper::body::Incoming, max: u64, declared: Option<u64>) -> Body {
+        if declared.is_none() && self.access_log.is_some() && !http_body::Body::is_end_stream(&inner) {
+            let c = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            self.bytes_in_counter = Some(c.clone());
+            Body::limited_counted(inner, max, c)
+        } else {
+            Body::limited(inner, max)
+        }
+    }
 }
 
 impl Exchange {
     fn finish(mut self, status: StatusCode, bytes_out: u64, aborted: bool) {
+        if let Some(c) = &self.bytes_in_counter {
+            self.bytes_in = c.load(std::sync::atomic::Ordering::Relaxed);
+        }
         let route = self.route.and_then(|i| self.runtime.routes.get(i));
         let metrics = route.map_or(&self.runtime.unrouted, |r| &r.metrics);
         let elapsed = self.start.elapsed();

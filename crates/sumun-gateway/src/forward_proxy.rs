@@ -191,7 +191,8 @@ pub async fn handle(
     }
     append_via(&mut parts.headers, parts.version, via);
     parts.version = Version::HTTP_11;
-    let out = Request::from_parts(parts, Body::limited(body, max_body));
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let out = Request::from_parts(parts, ex.request_body(body, max_body, declared));
     let res = match tokio::time::timeout(fwd.idle_timeout, fwd.client.request(out)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return classify(&e, ex),

@@ -51,6 +51,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         rule: None,
         egress: None,
         deferred_log: false,
+        bytes_in_counter: None,
     });
     let close = ctx.guard_violation().is_some();
     let result = match ctx.guard_violation() {
@@ -193,7 +194,7 @@ async fn dispatch(
         Action::Echo => echo(req, &normalized, ctx, max_body).await?,
         Action::Upstream(pool) => {
             let (mut parts, incoming) = req.into_parts();
-            let body = Body::limited(incoming, max_body);
+            let body = ex.request_body(incoming, max_body, declared);
             let changed = matches!(normalized, std::borrow::Cow::Owned(_));
             let trust = listener.is_some_and(|l| l.trust_forwarded);
             let forwarding = Forwarding { ctx, via: &runtime.via, trust, has_host: host.is_some() };

@@ -1,6 +1,8 @@
 //! One body type for requests and responses, so layers never box per request on the hot path.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,7 +28,7 @@ pin_project_lite::pin_project! {
         Empty,
         Full { data: Option<Bytes> },
         Incoming { #[pin] inner: Incoming },
-        Limited { #[pin] inner: Incoming, seen: u64, limit: u64 },
+        Limited { #[pin] inner: Incoming, seen: u64, limit: u64, counter: Option<Arc<AtomicU64>> },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BodyError> },
     }
 }
@@ -47,7 +49,13 @@ impl Body {
 
     /// Streams `inner` but fails with [`BodyTooLarge`] once more than `limit` bytes went by.
     pub fn limited(inner: Incoming, limit: u64) -> Self {
-        Body::Limited { inner, seen: 0, limit }
+        Body::Limited { inner, seen: 0, limit, counter: None }
+    }
+
+    /// Like [`Body::limited`], also publishing the bytes read so far to `counter` (the access
+    /// log's `bytes_in` for bodies without a Content-Length).
+    pub fn limited_counted(inner: Incoming, limit: u64, counter: Arc<AtomicU64>) -> Self {
+        Body::Limited { inner, seen: 0, limit, counter: Some(counter) }
     }
 
     pub fn boxed<B>(body: B) -> Self
@@ -93,10 +101,13 @@ impl http_body::Body for Body {
             BodyProj::Empty => Poll::Ready(None),
             BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyProj::Incoming { inner } => inner.poll_frame(cx).map_err(Into::into),
-            BodyProj::Limited { inner, seen, limit } => match inner.poll_frame(cx) {
+            BodyProj::Limited { inner, seen, limit, counter } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
                         *seen += data.len() as u64;
+                        if let Some(c) = counter {
+                            c.store(*seen, Ordering::Relaxed);
+                        }
                         if *seen > *limit {
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
                         }

@@ -465,6 +465,18 @@ fn access_log_line_for_a_proxied_request() {
 }
 
 #[test]
+fn access_log_counts_a_chunked_upload() {
+    let mock = Mock::start(Behavior::text("ok"));
+    let s = Sumun::start(&proxy_config(mock.endpoint(), "", ""));
+    let body = "x".repeat(20_000);
+    let out = curl(&["-H", "Transfer-Encoding: chunked", "--data-binary", &body, &s.url("web", "/upload")]);
+    assert_eq!(out.status, 200);
+    assert_eq!(mock.only().body_len, 20_000);
+    let v = s.access_log(&out.request_id(), T);
+    assert_eq!(v["bytes_in"], 20_000, "{v}");
+}
+
+#[test]
 fn access_log_records_unrouted_requests() {
     let s = Sumun::start(
         r#"
