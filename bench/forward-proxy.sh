@@ -83,60 +83,8 @@ done
 [[ $TUNNEL_REPEAT =~ ^[1-9][0-9]*$ ]] || die "TUNNEL_REPEAT must be a positive integer"
 [[ $ORIGIN_SENDFILE == on || $ORIGIN_SENDFILE == off ]] || die "ORIGIN_SENDFILE must be on or off"
 
-# ---------------------------------------------------------------- cleanup
-declare -a STARTED=()        # process-group ids of everything we started (each is setsid'd)
-WORK=""
-POLICY_RC_CREATED=0
-FAILED=1                     # cleared at the very end of a successful run
-
-proc_state() {               # state letter of PID, or "gone"
-  local s
-  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo gone; return 0; }
-  s=${s##*) }
-  echo "${s%% *}"
-}
-
-stop_group() {               # stop_group PGID: TERM the group, KILL after 10 s; reap the leader
-  local pgid=$1 deadline st
-  kill -TERM -- "-$pgid" 2>/dev/null || true
-  deadline=$((SECONDS + 10))
-  while :; do
-    st=$(proc_state "$pgid")
-    if [[ $st == Z || $st == gone ]]; then
-      wait "$pgid" 2>/dev/null || true
-      kill -0 -- "-$pgid" 2>/dev/null || break   # nobody left in the group
-    fi
-    if ((SECONDS >= deadline)); then
-      log "process group $pgid did not stop after TERM; sending KILL"
-      kill -KILL -- "-$pgid" 2>/dev/null || true
-      wait "$pgid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.05
-  done
-  local rest=()
-  for g in "${STARTED[@]}"; do [[ $g == "$pgid" ]] || rest+=("$g"); done
-  STARTED=("${rest[@]+"${rest[@]}"}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for g in "${STARTED[@]+"${STARTED[@]}"}"; do stop_group "$g"; done
-  if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
-  if [[ -n $WORK && -d $WORK ]]; then
-    if ((FAILED)) || [[ $KEEP_WORK == 1 ]]; then
-      log "work dir kept: $WORK (configs and logs)"
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'case $BASH_COMMAND in exit*|die*) ;; *) log "failed at line $LINENO: $BASH_COMMAND";; esac' ERR
+# shellcheck source=lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 
 # ---------------------------------------------------------------- 1. packages
 # Services a package may start on install (Squid on :3128, tinyproxy on :8888): this script

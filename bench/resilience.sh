@@ -85,66 +85,8 @@ frac_ok "$RECOVER_AT" || die "RECOVER_AT must be a fraction strictly between 0 a
 python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)' "$KILL_AT" "$RECOVER_AT" \
   || ((RECOVER == 0)) || die "RECOVER_AT must be after KILL_AT"
 
-# ---------------------------------------------------------------- cleanup
-declare -a STARTED=()        # process-group ids of everything we started (each is setsid'd)
-WORK=""
-POLICY_RC_CREATED=0
-FAILED=1                     # cleared at the very end of a successful run
-
-proc_state() {               # state letter of PID, or "gone"
-  local s
-  # "return 0", not "return": in the EXIT trap a bare return would return the exit status
-  # that triggered the trap, and errexit would end the cleanup half way.
-  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo gone; return 0; }
-  s=${s##*) }
-  echo "${s%% *}"
-}
-
-forget_group() {             # drop PGID from STARTED
-  local rest=() g
-  for g in "${STARTED[@]}"; do [[ $g == "$1" ]] || rest+=("$g"); done
-  STARTED=("${rest[@]+"${rest[@]}"}")
-}
-
-stop_group() {               # stop_group PGID [SIGNAL]: signal the group (TERM), KILL after 10 s; reap
-  local pgid=$1 sig=${2:-TERM} deadline st
-  kill "-$sig" -- "-$pgid" 2>/dev/null || true
-  deadline=$((SECONDS + 10))
-  while :; do
-    st=$(proc_state "$pgid")
-    if [[ $st == Z || $st == gone ]]; then
-      wait "$pgid" 2>/dev/null || true
-      kill -0 -- "-$pgid" 2>/dev/null || break   # nobody left in the group
-    fi
-    if ((SECONDS >= deadline)); then
-      log "process group $pgid did not stop after $sig; sending KILL"
-      kill -KILL -- "-$pgid" 2>/dev/null || true
-      wait "$pgid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.01
-  done
-  forget_group "$pgid"
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  for g in "${STARTED[@]+"${STARTED[@]}"}"; do stop_group "$g"; done
-  if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
-  if [[ -n $WORK && -d $WORK ]]; then
-    if ((FAILED)) || [[ $KEEP_WORK == 1 ]]; then
-      log "work dir kept: $WORK (configs and logs)"
-    else
-      rm -rf "$WORK"
-    fi
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'case $BASH_COMMAND in exit*|die*) ;; *) log "failed at line $LINENO: $BASH_COMMAND";; esac' ERR
+# shellcheck source=lib/common.sh
+source "$BENCH_DIR/lib/common.sh"
 
 # ---------------------------------------------------------------- 1. packages
 install_missing() {
