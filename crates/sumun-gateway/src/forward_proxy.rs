@@ -174,7 +174,10 @@ pub async fn handle(
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let idle = fwd.idle_timeout;
+        // The tunnel keeps the connection's max_connections slot and is waited for on drain.
+        let hold = ctx.hold.clone();
         tokio::spawn(async move {
+            let _hold = hold;
             match on_upgrade.await {
                 Ok(upgraded) => tunnel(TokioIo::new(upgraded), stream, idle, log).await,
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
@@ -207,7 +210,6 @@ pub async fn handle(
     strip_hop_by_hop_response(&mut rparts.headers);
     append_via(&mut rparts.headers, rparts.version, via);
     rparts.version = Version::HTTP_11;
-    let _ = ctx;
     Ok(Response::from_parts(rparts, Body::incoming(rbody)))
 }
 

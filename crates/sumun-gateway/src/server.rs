@@ -39,6 +39,9 @@ pub struct ConnCtx {
     pub tls: bool,
     pub state: Arc<ConnState>,
     guard: GuardVerdict,
+    /// Keeps the connection's slot (max_connections) and drain count while anything still
+    /// uses it — a CONNECT tunnel outlives the HTTP connection task.
+    pub(crate) hold: Arc<ConnHold>,
 }
 
 impl ConnCtx {
@@ -63,6 +66,13 @@ impl RunningListener {
     fn serves(&self, bind: &BindAddr) -> bool {
         self.bind == *bind || self.local == *bind
     }
+}
+
+/// A connection's slot under `max_connections` and its place in the drain count; released
+/// when the last holder (the connection task, or a tunnel it became) drops it.
+pub(crate) struct ConnHold {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _guard: ConnGuard,
 }
 
 /// Counts live connections so shutdown can wait for them.
@@ -252,13 +262,10 @@ impl Gateway {
                     self.tracker.active.fetch_add(1, Ordering::AcqRel);
                     gauge.increment(1.0);
                     let guard = ConnGuard { tracker: self.tracker.clone(), gauge: gauge.clone() };
+                    let hold = Arc::new(ConnHold { _permit: permit, _guard: guard });
                     let gw = self.clone();
                     let name = name.clone();
-                    tokio::spawn(async move {
-                        gw.connection(name, stream, peer).await;
-                        drop(permit);
-                        drop(guard);
-                    });
+                    tokio::spawn(gw.connection(name, stream, peer, hold));
                 }
                 Err(e)
                     if matches!(
@@ -285,7 +292,13 @@ impl Gateway {
         }
     }
 
-    async fn connection(self: Arc<Self>, listener: Arc<str>, stream: Accepted, peer: Option<SocketAddr>) {
+    async fn connection(
+        self: Arc<Self>,
+        listener: Arc<str>,
+        stream: Accepted,
+        peer: Option<SocketAddr>,
+        hold: Arc<ConnHold>,
+    ) {
         let rt = self.runtime();
         let Some(lrt) = rt.listener(&listener) else {
             return;
@@ -294,7 +307,7 @@ impl Gateway {
         let tls = lrt.tls.clone();
         drop(rt);
         let state = ConnState::new();
-        let conn = Conn { listener, peer, state: state.clone(), limits };
+        let conn = Conn { listener, peer, state: state.clone(), limits, hold };
         match (stream, tls) {
             (Accepted::Tcp(s), None) => self.serve_plain(conn, ActivityIo::new(s, state)).await,
             (Accepted::Unix(s), None) => self.serve_plain(conn, ActivityIo::new(s, state)).await,
@@ -359,6 +372,7 @@ impl Gateway {
             tls,
             state: conn.state.clone(),
             guard,
+            hold: conn.hold.clone(),
         })
     }
 
@@ -444,6 +458,7 @@ struct Conn {
     listener: Arc<str>,
     peer: Option<SocketAddr>,
     state: Arc<ConnState>,
+    hold: Arc<ConnHold>,
     limits: sumun_config::Limits,
 }
 

@@ -987,3 +987,30 @@ fn origin_form_requests_on_the_proxy_listener_are_routed() {
     assert_eq!(out.text(), "proxied");
     assert_eq!(mock.only().path, "/p");
 }
+
+#[test]
+fn a_tunnel_keeps_its_connection_slot_until_it_closes() {
+    let (origin, _seen) = echo_origin();
+    let config = proxy_config(ALLOW_LOOPBACK)
+        .replace("forward_proxy = true", "forward_proxy = true\nlimits = { max_connections = 1 }");
+    let s = Sumun::start(&config);
+    let proxy = s.addr("proxy");
+    let (tunnel, status, head) = open_tunnel(proxy, &origin.endpoint(), "");
+    assert_eq!(status, 200, "{head}");
+
+    // The only slot is the tunnel's: a second connection waits in the backlog, unanswered.
+    let mut second = TcpStream::connect(proxy).unwrap();
+    second.write_all(b"GET /local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    second.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 64];
+    let early = second.read(&mut buf);
+    assert!(early.is_err(), "served while the tunnel held the only slot: {early:?}");
+
+    // Closing the tunnel frees the slot; the waiting connection is served.
+    drop(tunnel);
+    second.set_read_timeout(Some(T)).unwrap();
+    let mut out = Vec::new();
+    let _ = second.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("served by the router"), "{text}");
+}
