@@ -40,6 +40,14 @@ pub struct ForwardRuntime {
     client: Client<EgressConnector, Body>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// `sumun_egress_requests_total{decision}`, resolved once.
+    decisions: Decisions,
+}
+
+struct Decisions {
+    allowed: metrics::Counter,
+    denied: metrics::Counter,
+    auth_required: metrics::Counter,
 }
 
 impl ForwardRuntime {
@@ -64,6 +72,11 @@ impl ForwardRuntime {
             client,
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.tunnel_idle_timeout,
+            decisions: Decisions {
+                allowed: metrics::counter!("sumun_egress_requests_total", "decision" => "allowed"),
+                denied: metrics::counter!("sumun_egress_requests_total", "decision" => "denied"),
+                auth_required: metrics::counter!("sumun_egress_requests_total", "decision" => "auth_required"),
+            },
         })
     }
 }
@@ -116,7 +129,7 @@ pub async fn handle(
             if let Some(e) = ex.egress.as_deref_mut() {
                 e.decision = "auth_required";
             }
-            metrics::counter!("sumun_egress_requests_total", "decision" => "auth_required").increment(1);
+            fwd.decisions.auth_required.increment(1);
             let mut res = problem_response(
                 StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                 "this proxy requires authentication",
@@ -131,7 +144,7 @@ pub async fn handle(
     }
     let user = user.as_deref();
     if let Err(r) = fwd.policy.check_name(&host, port, user) {
-        return Ok(refused(ex, &r));
+        return Ok(refused(fwd, ex, &r));
     }
     let addrs = match fwd.resolver.resolve(&host, port).await {
         Ok(a) if !a.is_empty() => a,
@@ -151,9 +164,9 @@ pub async fn handle(
     if allowed.is_empty() {
         let r = first_refusal
             .unwrap_or(Refusal { rule: "not_allowed".into(), detail: "destination not allowed" });
-        return Ok(refused(ex, &r));
+        return Ok(refused(fwd, ex, &r));
     }
-    metrics::counter!("sumun_egress_requests_total", "decision" => "allowed").increment(1);
+    fwd.decisions.allowed.increment(1);
 
     if is_connect {
         let stream = connect_any(&allowed, fwd.connect_timeout)
@@ -198,7 +211,7 @@ pub async fn handle(
     let out = Request::from_parts(parts, ex.request_body(body, max_body, declared));
     let res = match tokio::time::timeout(fwd.idle_timeout, fwd.client.request(out)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return classify(&e, ex),
+        Ok(Err(e)) => return classify(fwd, &e, ex),
         Err(_) => {
             return Err(ProxyError::new(
                 ErrorKind::UpstreamTimeout,
@@ -214,13 +227,13 @@ pub async fn handle(
 }
 
 /// 403 naming the rule that refused, audited in the access log.
-fn refused(ex: &mut Exchange, r: &Refusal) -> Response<Body> {
+fn refused(fwd: &ForwardRuntime, ex: &mut Exchange, r: &Refusal) -> Response<Body> {
     ex.error = Some("egress_denied");
     if let Some(e) = ex.egress.as_deref_mut() {
         e.decision = "denied";
     }
     ex.rule = Some(r.rule.clone());
-    metrics::counter!("sumun_egress_requests_total", "decision" => "denied").increment(1);
+    fwd.decisions.denied.increment(1);
     tracing::info!(target_host = ex.upstream.as_deref().unwrap_or(""), rule = %r.rule, "egress refused");
     problem_response(StatusCode::FORBIDDEN, &format!("{} (rule {})", r.detail, r.rule), Some(&ex.request_id))
 }
@@ -245,11 +258,15 @@ fn dns_error(ex: &mut Exchange, e: DnsError) -> ProxyError {
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, ex: &mut Exchange) -> Result<Response<Body>, ProxyError> {
+fn classify(
+    fwd: &ForwardRuntime,
+    e: &hyper_util::client::legacy::Error,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, ProxyError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(r) = err.downcast_ref::<EgressRefused>() {
-            return Ok(refused(ex, &r.0));
+            return Ok(refused(fwd, ex, &r.0));
         }
         if err.is::<ConnectTimedOut>() {
             return Err(ProxyError::new(

@@ -92,42 +92,10 @@ fn scrub_proxy_env(cmd: &mut Command) -> &mut Command {
 
 /// Like `common::curl`, with these environment variables (and no inherited proxy settings).
 fn curl_env(env: &[(&str, &str)], args: &[&str]) -> CurlOut {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let head = dir.path().join("head");
-    let body = dir.path().join("body");
     let mut cmd = Command::new("curl");
     scrub_proxy_env(&mut cmd);
-    let out = cmd
-        .envs(env.iter().copied())
-        .args(["-sS", "--max-time", "30", "-D"])
-        .arg(&head)
-        .arg("-o")
-        .arg(&body)
-        .args(args)
-        .output()
-        .expect("run curl");
-    let head_text = std::fs::read_to_string(&head).unwrap_or_default();
-    let body = std::fs::read(&body).unwrap_or_default();
-    // The CONNECT answer (through https_proxy) and interim responses come first; keep the last.
-    let block = head_text.split("\r\n\r\n").filter(|b| b.starts_with("HTTP/")).last().unwrap_or("");
-    let mut lines = block.split("\r\n");
-    let status_line = lines.next().unwrap_or("").to_owned();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or("").to_owned();
-    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    CurlOut {
-        code: out.status.code().unwrap_or(-1),
-        version,
-        status,
-        status_line,
-        headers,
-        body,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.envs(env.iter().copied());
+    common::client::curl_with(cmd, args)
 }
 
 /// `http://127.0.0.1:PORT` of the proxy listener.

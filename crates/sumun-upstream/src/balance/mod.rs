@@ -228,6 +228,39 @@ pub(crate) mod testkit {
         SlowStart { window: std::time::Duration::from_millis(1000), aggression: 1.0, min_weight: 0.1 }
     }
 
+    /// Hashing balancers under slow start: endpoint `ramping` keeps a share of its keys that
+    /// grows with the ramp, keys of warm endpoints never move, and a key taken back never
+    /// leaves again.
+    pub fn hashed_slow_start_contract(b: &dyn Balancer, weights: &[u32], ramping: usize) {
+        let ss = slow_start();
+        let eps = endpoints(weights);
+        let keys: Vec<u64> = (0..100_000u64).map(|k| super::hash_bytes(&k.to_le_bytes())).collect();
+        let warm: Vec<usize> = keys.iter().map(|&k| b.pick(&eps, &ctx(Some(k), &[])).unwrap()).collect();
+        let own = warm.iter().filter(|&&i| i == ramping).count() as f64;
+        eps[ramping].mark_new(1000);
+        let mut kept_before = vec![false; keys.len()];
+        for (at, ramp) in [(1000, 0.1), (1250, 0.25), (1500, 0.5), (1750, 0.75), (2000, 1.0)] {
+            let c = PickCtx { hash: None, now_ms: at, exclude: &[], panic: false, slow_start: Some(&ss) };
+            let mut kept = 0.0;
+            for (j, &k) in keys.iter().enumerate() {
+                let i = b.pick(&eps, &PickCtx { hash: Some(k), ..c }).unwrap();
+                if warm[j] != ramping {
+                    assert_eq!(i, warm[j], "keys of warm endpoints never move");
+                } else if i == ramping {
+                    kept += 1.0;
+                    kept_before[j] = true;
+                } else {
+                    assert!(!kept_before[j], "a key the ramping endpoint took back does not leave again");
+                }
+            }
+            assert!(
+                (kept / own - ramp).abs() < 0.02,
+                "at {at}: kept {} of its keys, want {ramp}",
+                kept / own
+            );
+        }
+    }
+
     /// Every balancer's common contract: exclusion, ineligibility, None, panic.
     pub fn contract(b: &dyn Balancer, hashed: bool) {
         let eps = endpoints(&[1, 2, 3, 4]);

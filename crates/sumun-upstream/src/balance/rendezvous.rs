@@ -435,35 +435,7 @@ mod tests {
 
     #[test]
     fn slow_start_sheds_a_stable_growing_subset_of_keys() {
-        let ss = slow_start();
-        let w = [1u32, 2, 1, 1];
-        let eps = endpoints(&w);
-        let b = hrw(&w);
-        let keys = keys(100_000);
-        let warm: Vec<usize> = keys.iter().map(|&k| b.pick(&eps, &ctx(Some(k), &[])).unwrap()).collect();
-        let own = warm.iter().filter(|&&i| i == 1).count() as f64;
-        eps[1].mark_new(1000);
-        let mut kept_before = vec![false; keys.len()];
-        for (at, ramp) in [(1000, 0.1), (1250, 0.25), (1500, 0.5), (1750, 0.75), (2000, 1.0)] {
-            let c = PickCtx { hash: None, now_ms: at, exclude: &[], panic: false, slow_start: Some(&ss) };
-            let mut kept = 0.0;
-            for (j, &k) in keys.iter().enumerate() {
-                let i = b.pick(&eps, &PickCtx { hash: Some(k), ..c }).unwrap();
-                if warm[j] != 1 {
-                    assert_eq!(i, warm[j], "keys of warm endpoints never move");
-                } else if i == 1 {
-                    kept += 1.0;
-                    kept_before[j] = true;
-                } else {
-                    assert!(!kept_before[j], "a key endpoint 1 took back does not leave again");
-                }
-            }
-            assert!(
-                (kept / own - ramp).abs() < 0.02,
-                "at {at}: kept {} of its keys, want {ramp}",
-                kept / own
-            );
-        }
+        hashed_slow_start_contract(&hrw(&[1, 2, 1, 1]), &[1, 2, 1, 1], 1);
     }
 
     #[test]

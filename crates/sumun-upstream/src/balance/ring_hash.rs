@@ -304,34 +304,6 @@ mod tests {
 
     #[test]
     fn slow_start_sheds_a_stable_growing_subset_of_keys() {
-        let ss = slow_start();
-        let w = [1u32; 4];
-        let eps = endpoints(&w);
-        let b = ring(&w);
-        let keys: Vec<u64> = (0..100_000u64).map(|k| super::super::hash_bytes(&k.to_le_bytes())).collect();
-        let warm: Vec<usize> = keys.iter().map(|&k| b.pick(&eps, &ctx(Some(k), &[])).unwrap()).collect();
-        let own = warm.iter().filter(|&&i| i == 0).count() as f64;
-        eps[0].mark_new(1000);
-        let mut kept_before = vec![false; keys.len()];
-        for (at, ramp) in [(1000, 0.1), (1250, 0.25), (1500, 0.5), (1750, 0.75), (2000, 1.0)] {
-            let c = PickCtx { hash: None, now_ms: at, exclude: &[], panic: false, slow_start: Some(&ss) };
-            let mut kept = 0.0;
-            for (j, &k) in keys.iter().enumerate() {
-                let i = b.pick(&eps, &PickCtx { hash: Some(k), ..c }).unwrap();
-                if warm[j] != 0 {
-                    assert_eq!(i, warm[j], "keys of warm endpoints never move");
-                } else if i == 0 {
-                    kept += 1.0;
-                    kept_before[j] = true;
-                } else {
-                    assert!(!kept_before[j], "a key endpoint 0 took back does not leave again");
-                }
-            }
-            assert!(
-                (kept / own - ramp).abs() < 0.02,
-                "at {at}: kept {} of its keys, want {ramp}",
-                kept / own
-            );
-        }
+        hashed_slow_start_contract(&ring(&[1; 4]), &[1; 4], 0);
     }
 }

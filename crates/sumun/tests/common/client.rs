@@ -53,10 +53,16 @@ impl CurlOut {
 
 /// Runs `curl -sS` with `args` (URL included), a 30 s cap, and parses the last response head.
 pub fn curl(args: &[&str]) -> CurlOut {
+    curl_with(Command::new("curl"), args)
+}
+
+/// Runs `cmd` (a `curl` command the caller prepared, e.g. with its own environment) with
+/// `args`, capturing the last response head and the body.
+pub fn curl_with(mut cmd: Command, args: &[&str]) -> CurlOut {
     let dir = tempfile::tempdir().expect("temp dir");
     let head = dir.path().join("head");
     let body = dir.path().join("body");
-    let out = Command::new("curl")
+    let out = cmd
         .args(["-sS", "--max-time", "30", "-D"])
         .arg(&head)
         .arg("-o")
@@ -66,7 +72,8 @@ pub fn curl(args: &[&str]) -> CurlOut {
         .expect("run curl");
     let head_text = std::fs::read_to_string(&head).unwrap_or_default();
     let body = std::fs::read(&body).unwrap_or_default();
-    // Interim responses (100 Continue) come first; keep the last head.
+    // Interim responses (100 Continue, a CONNECT answer through https_proxy) come first; keep
+    // the last head.
     let block = head_text.split("\r\n\r\n").filter(|b| b.starts_with("HTTP/")).last().unwrap_or("");
     let mut lines = block.split("\r\n");
     let status_line = lines.next().unwrap_or("").to_owned();
