@@ -148,10 +148,6 @@ DATA=$WORK/data
 mkdir -p "$DATA"
 log "work dir: $WORK"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
 seconds_of() {                # wrk duration (6s, 1m, 500ms…) -> whole seconds, rounded up
   python3 - "$1" <<'EOF'
 import math, re, sys
@@ -162,24 +158,6 @@ EOF
 }
 DURATION_S=$(seconds_of "$DURATION")
 seconds_of "$WARMUP" >/dev/null
-
-LAST_PGID=""
-start_group() {               # start_group CPU LOGFILE CMD...: new session+group, pinned to CPU
-  local cpu=$1 logf=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
-  local pid=$!
-  STARTED+=("$pid")
-  # In a script (no job control) the child is not a group leader, so setsid does not fork:
-  # $! is the server's own pid and its process group id.
-  local deadline=$((SECONDS + 5)) pg=""
-  while ((SECONDS < deadline)); do
-    pg=$(awk '{sub(/.*\) /, ""); print $3}' "/proc/$pid/stat" 2>/dev/null || true)
-    [[ $pg == "$pid" ]] && break
-    [[ $(proc_state "$pid") == gone || $(proc_state "$pid") == Z ]] && break
-    sleep 0.01
-  done
-  LAST_PGID=$pid
-}
 
 wait_ready() {                # wait_ready NAME PORT PGID LOGFILE
   local name=$1 port=$2 pgid=$3 logf=$4 rc=0
