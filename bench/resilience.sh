@@ -98,21 +98,7 @@ install_missing() {
   command -v python3 >/dev/null || need+=(python3)
   command -v timeout >/dev/null || need+=(coreutils)
   command -v git     >/dev/null || need+=(git)
-  ((${#need[@]})) || return 0
-  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-  [[ $EUID -eq 0 ]] || die "missing packages (${need[*]}) and not root: install them with apt-get"
-  command -v apt-get >/dev/null || die "missing packages (${need[*]}) and no apt-get"
-  log "installing from Debian: ${need[*]}"
-  # Keep the nginx package's own service (on :80) from being started by the install.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    POLICY_RC_CREATED=1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
-  if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+  apt_install "${need[@]+"${need[@]}"}"
 }
 install_missing
 export PATH="$PATH:/usr/sbin:/sbin"

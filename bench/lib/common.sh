@@ -82,3 +82,22 @@ start_group() {               # start_group CPU LOGFILE CMD...: new session+grou
   done
   LAST_PGID=$pid
 }
+
+apt_install() {               # apt_install PKG...: install the missing Debian packages (none: no-op)
+  local need=("$@")
+  ((${#need[@]})) || return 0
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+  [[ $EUID -eq 0 ]] || die "missing packages (${need[*]}) and not root: install them with apt-get"
+  command -v apt-get >/dev/null || die "missing packages (${need[*]}) and no apt-get"
+  log "installing from Debian: ${need[*]}"
+  # Keep the packages' own services (nginx on :80, haproxy, squid, tinyproxy) from starting.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    POLICY_RC_CREATED=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+  if ((POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+}
