@@ -260,7 +260,7 @@ pub(crate) fn parse_rule(text: &str) -> Result<(EgressTarget, Option<(u16, u16)>
     if text.matches(':').count() > 1 {
         // A bare IPv6 address or network: no port (a port needs brackets).
         return match ip_network(text, text) {
-            Ok(target) => Ok((target, None)),
+            Ok(c) => Ok((c.into(), None)),
             Err(e) if text.contains('/') && text.rsplit_once('/').is_some_and(|(_, p)| p.contains(':')) => {
                 let (net, port) = text.rsplit_once(':').unwrap_or((text, ""));
                 let (addr, prefix) = net.split_once('/').unwrap_or((net, ""));
@@ -305,7 +305,7 @@ fn bracketed(text: &str, rest: &str) -> Result<(EgressTarget, Option<(u16, u16)>
     if network.split('/').next().is_some_and(|a| a.parse::<Ipv6Addr>().is_err()) {
         return Err(format!("`[{inside}]` is not a valid IPv6 address"));
     }
-    Ok((ip_network(&network, text)?, ports))
+    Ok((ip_network(&network, text)?.into(), ports))
 }
 
 /// `443` or `8000-8999`.
@@ -343,7 +343,7 @@ fn host_target(host: &str, rule: &str) -> Result<EgressTarget, String> {
         )
     };
     if host.contains('/') {
-        return ip_network(host, rule);
+        return ip_network(host, rule).map(EgressTarget::from);
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(EgressTarget::Cidr { addr: IpAddr::V4(ip), prefix: 32 });
@@ -384,7 +384,7 @@ fn check_host_name(name: &str) -> Result<(), String> {
 
 /// `ADDR` or `ADDR/PREFIX`, IPv4 or IPv6 (no brackets); host bits must be zero. `rule` is
 /// the whole rule, for messages.
-fn ip_network(text: &str, rule: &str) -> Result<EgressTarget, String> {
+pub(crate) fn ip_network(text: &str, rule: &str) -> Result<Cidr, String> {
     let (addr_text, prefix_text) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
@@ -409,7 +409,7 @@ fn ip_network(text: &str, rule: &str) -> Result<EgressTarget, String> {
         let suggestion = rule.replacen(addr_text, &network.to_string(), 1);
         return Err(format!("`{rule}` has host bits set; did you mean `{suggestion}`?"));
     }
-    Ok(EgressTarget::Cidr { addr, prefix })
+    Ok(Cidr { addr, prefix })
 }
 
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {

@@ -7,12 +7,15 @@
 
 #![forbid(unsafe_code)]
 
+mod cache_model;
 mod diagnostics;
 mod forward_proxy;
 mod headers;
 mod listener;
 pub mod model;
 mod parse;
+mod protect;
+mod protect_model;
 mod raw;
 mod resilience;
 mod route;
@@ -24,7 +27,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostics::{Diagnostic, Severity};
+pub use cache_model::*;
 pub use model::*;
+pub use protect_model::*;
 
 /// A valid configuration and the warnings found while checking it.
 #[derive(Debug, Clone)]

@@ -27,6 +27,18 @@ pub struct Config {
     /// `[forward_proxy]`: egress policy for listeners with `forward_proxy = true` (defaults
     /// when the table is absent).
     pub forward_proxy: ForwardProxy,
+    /// `[auth.NAME]`, sorted by name.
+    pub auth: Vec<crate::AuthPolicy>,
+    /// `[passport]` (defaults when absent: a key generated at start).
+    pub passport: crate::Passport,
+    /// `[rate_limit.NAME]`, sorted by name.
+    pub rate_limits: Vec<crate::RateLimitPolicy>,
+    /// `[cors.NAME]`, sorted by name.
+    pub cors: Vec<crate::CorsPolicy>,
+    /// `[redis]`: required by `store = "redis"` anywhere.
+    pub redis: Option<crate::Redis>,
+    /// `[cache]` (defaults when absent).
+    pub cache: crate::CacheStore,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +393,8 @@ pub struct Route {
     pub target: Target,
     pub rewrite: Rewrite,
     pub headers: HeaderRules,
+    pub protect: crate::RouteProtection,
+    pub cache: Option<crate::RouteCache>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -595,5 +609,40 @@ impl Default for Dns {
             max_ttl: Duration::from_secs(300),
             cache_size: 4096,
         }
+    }
+}
+
+/// An IP network; a bare address is a /32 or /128. `addr` has no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the network; an IPv4-mapped IPv6 address counts as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<Cidr> for EgressTarget {
+    fn from(c: Cidr) -> Self {
+        EgressTarget::Cidr { addr: c.addr, prefix: c.prefix }
     }
 }

@@ -98,7 +98,8 @@ fn route(
             headers.response = header_ops(cx, ops.get_ref(), &what, "headers.response");
         }
     }
-    Some(Route { name, location, listeners, matcher, target: target?, rewrite, headers })
+    let (protect, cache) = crate::protect::route_protection(cx, r, &what, names);
+    Some(Route { name, location, listeners, matcher, target: target?, rewrite, headers, protect, cache })
 }
 
 fn unknown_reference(what: &str, kind: &str, name: &str, known: &[String]) -> String {

@@ -107,6 +107,8 @@ mod tests {
             target: Target::Echo,
             rewrite: Rewrite::default(),
             headers: HeaderRules::default(),
+            protect: crate::RouteProtection::default(),
+            cache: None,
         }
     }
 
@@ -294,6 +296,12 @@ mod tests {
                 route("c", 12, RouteMatch { path: path("/api/x"), ..m() }),
             ],
             forward_proxy: ForwardProxy::default(),
+            auth: vec![],
+            passport: crate::Passport::default(),
+            rate_limits: vec![],
+            cors: vec![],
+            redis: None,
+            cache: crate::CacheStore::default(),
         };
         let w = shadow_warnings(&config, Path::new("s.toml"));
         assert_eq!(w.len(), 1);

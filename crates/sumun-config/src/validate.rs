@@ -199,6 +199,12 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         upstreams,
         routes,
         forward_proxy,
+        auth: Vec::new(),
+        passport: crate::Passport::default(),
+        rate_limits: Vec::new(),
+        cors: Vec::new(),
+        redis: None,
+        cache: crate::CacheStore::default(),
     })
 }
 

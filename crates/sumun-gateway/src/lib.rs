@@ -14,6 +14,7 @@ mod forward;
 mod forward_proxy;
 mod h1guard;
 pub mod path;
+pub mod protect;
 mod proxy;
 mod request_id;
 pub mod router;
