@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::model::Cidr;
 
 /// `[cache]`: the shared store every caching route uses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheStore {
     /// In-memory tier size in bytes (bodies + headers), W-TinyLFU eviction.
     pub memory: u64,
@@ -33,7 +33,7 @@ pub enum CacheKeyPart {
 }
 
 /// A route's `cache = true | { … }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteCache {
     pub key: Vec<CacheKeyPart>,
     /// Query parameters left out of the key (tracking parameters, cache busters).

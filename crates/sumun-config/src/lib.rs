@@ -26,8 +26,8 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use diagnostics::{Diagnostic, Severity};
 pub use cache_model::*;
+pub use diagnostics::{Diagnostic, Severity};
 pub use model::*;
 pub use protect_model::*;
 

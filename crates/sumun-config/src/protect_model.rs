@@ -20,7 +20,7 @@ pub enum CredentialSource {
 }
 
 /// `[auth.NAME]`: a policy accepts a JWT, an API key, or either when both are set.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthPolicy {
     pub name: String,
     pub jwt: Option<JwtAuth>,
@@ -33,7 +33,7 @@ pub struct AuthPolicy {
 }
 
 /// JWT verification. At least one key source is set.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtAuth {
     /// A JWKS document fetched over HTTP(S), cached by its `Cache-Control` (clamped to
     /// [`jwks_min_ttl`, `jwks_max_ttl`]), refetched on an unknown `kid` at most once per
@@ -65,14 +65,14 @@ pub struct JwtAuth {
 }
 
 /// API keys, stored as SHA-256 digests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyAuth {
     /// Default: header `x-api-key`.
     pub sources: Vec<CredentialSource>,
     pub keys: Vec<ApiKey>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
     /// The key's name: the identity's `sub` (`apikey:NAME`) and what logs show.
     pub name: String,
@@ -82,7 +82,7 @@ pub struct ApiKey {
 }
 
 /// A route's `auth = "NAME"` and `require = { scopes, claims }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteAuth {
     pub policy: String,
     /// Every listed scope must be granted (403 `insufficient_scope` otherwise).
@@ -92,7 +92,7 @@ pub struct RouteAuth {
 }
 
 /// `[passport]`: the identity token sumun hands to services after authentication.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Passport {
     /// Ed25519 private key, PKCS#8 PEM (`sumun passport keygen`). None: a key is generated
     /// at start (and services must fetch the JWKS again after every restart).
@@ -139,7 +139,7 @@ pub enum RateStore {
 }
 
 /// `[rate_limit.NAME]`: GCRA with `rate` requests per `per` and `burst` on top.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitPolicy {
     pub name: String,
     pub key: RateKey,
@@ -155,7 +155,7 @@ pub struct RateLimitPolicy {
 }
 
 /// `[redis]`: the shared Redis/Valkey for global rate limits and idempotency records.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Redis {
     /// `redis://[user:pass@]host:port[/db]`, `rediss://…` or `redis+unix:///path`.
     pub url: Secret,
@@ -166,7 +166,7 @@ pub struct Redis {
 }
 
 /// `[cors.NAME]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CorsPolicy {
     pub name: String,
     pub origins: Vec<CorsOrigin>,
@@ -200,7 +200,7 @@ pub enum Encoding {
 }
 
 /// A route's `compress = true | { … }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Compress {
     /// In server preference order, used to break q-value ties. Default zstd, br, gzip.
     pub algorithms: Vec<Encoding>,
@@ -222,7 +222,7 @@ pub enum IdempotencyStore {
 }
 
 /// A route's `idempotency = { … }`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Idempotency {
     /// Lower-case; default `idempotency-key`.
     pub header: String,
@@ -246,7 +246,7 @@ pub struct IpFilter {
 
 /// Everything a route adds in front of its target, in the fixed order
 /// ip → cors → auth → rate limit → idempotency → cache → compression.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteProtection {
     pub ip: Option<IpFilter>,
     pub cors: Option<String>,

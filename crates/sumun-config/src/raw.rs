@@ -23,6 +23,12 @@ pub(crate) struct RawConfig {
     pub upstream: Option<S<Entries<S<RawUpstream>>>>,
     pub route: Option<Vec<S<RawRoute>>>,
     pub forward_proxy: Option<S<RawForwardProxy>>,
+    pub auth: Option<S<Entries<S<RawAuth>>>>,
+    pub passport: Option<S<RawPassport>>,
+    pub rate_limit: Option<S<Entries<S<RawRateLimit>>>>,
+    pub cors: Option<S<Entries<S<RawCors>>>>,
+    pub redis: Option<S<RawRedis>>,
+    pub cache: Option<S<RawCacheStore>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +196,15 @@ pub(crate) struct RawRoute {
     pub to: Option<S<RawTarget>>,
     pub rewrite: Option<S<RawRewrite>>,
     pub headers: Option<S<RawHeaderRules>>,
+    pub auth: Option<S<String>>,
+    pub require: Option<S<RawRequire>>,
+    pub rate_limit: Option<S<String>>,
+    pub cors: Option<S<String>>,
+    pub compress: Option<S<RawOnOr<RawCompress>>>,
+    pub idempotency: Option<S<RawOnOr<RawIdempotency>>>,
+    pub ip: Option<S<RawIp>>,
+    pub max_body: Option<S<RawSize>>,
+    pub cache: Option<S<RawOnOr<RawRouteCache>>>,
 }
 
 #[derive(Deserialize)]
@@ -396,3 +411,194 @@ either_shape!(StringOrInt, "a string or an integer", {
     visit_str(v: &str) => StringOrInt::Str(v.to_string());
     visit_i64(v: i64) => StringOrInt::Int(v);
 });
+
+/// `true`/`false` or a table of settings.
+pub(crate) enum RawOnOr<T> {
+    On(bool),
+    Table(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for RawOnOr<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OnOrVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OnOrVisitor<T> {
+            type Value = RawOnOr<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`true`, `false` or a table")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawOnOr::On(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawOnOr::Table)
+            }
+        }
+        d.deserialize_any(OnOrVisitor(PhantomData))
+    }
+}
+
+/// A string or a list of strings (`audience = "api"` or `audience = ["a", "b"]`).
+pub(crate) enum OneOrMany {
+    One(S<String>),
+    Many(Vec<S<String>>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "a string or a list of strings")]
+        enum Shape {
+            One(S<String>),
+            Many(Vec<S<String>>),
+        }
+        Ok(match Shape::deserialize(d)? {
+            Shape::One(s) => OneOrMany::One(s),
+            Shape::Many(v) => OneOrMany::Many(v),
+        })
+    }
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<&S<String>> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v.iter().collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawAuth {
+    pub realm: Option<S<String>>,
+    pub forward_claims: Option<S<Entries<S<String>>>>,
+    pub jwt: Option<S<RawJwt>>,
+    pub api_keys: Option<S<RawApiKeys>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawJwt {
+    pub jwks_url: Option<S<String>>,
+    pub keys: Option<S<Vec<S<String>>>>,
+    pub secret: Option<S<String>>,
+    pub algorithms: Option<S<Vec<S<String>>>>,
+    pub issuer: Option<S<OneOrMany>>,
+    pub audience: Option<S<OneOrMany>>,
+    pub leeway: Option<S<String>>,
+    pub from: Option<S<Vec<S<String>>>>,
+    pub scope_claim: Option<S<String>>,
+    pub jwks_min_refresh: Option<S<String>>,
+    pub jwks_min_ttl: Option<S<String>>,
+    pub jwks_max_ttl: Option<S<String>>,
+    pub jwks_timeout: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawApiKeys {
+    pub from: Option<S<Vec<S<String>>>>,
+    pub keys: Option<S<Vec<S<RawApiKey>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawApiKey {
+    pub name: Option<S<String>>,
+    pub sha256: Option<S<String>>,
+    pub scopes: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawPassport {
+    pub signing_key: Option<S<String>>,
+    pub header: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+    pub issuer: Option<S<String>>,
+    pub audience: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRateLimit {
+    pub key: Option<S<String>>,
+    pub rate: Option<S<String>>,
+    pub burst: Option<S<i64>>,
+    pub store: Option<S<String>>,
+    pub fail_open: Option<S<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCors {
+    pub allow_origins: Option<S<Vec<S<String>>>>,
+    pub allow_methods: Option<S<Vec<S<String>>>>,
+    pub allow_headers: Option<S<Vec<S<String>>>>,
+    pub expose_headers: Option<S<Vec<S<String>>>>,
+    pub allow_credentials: Option<S<bool>>,
+    pub max_age: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRedis {
+    pub url: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub retry_after: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCacheStore {
+    pub memory: Option<S<RawSize>>,
+    pub purge_from: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRequire {
+    pub scopes: Option<S<Vec<S<String>>>>,
+    pub claims: Option<S<Entries<S<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCompress {
+    pub algorithms: Option<S<Vec<S<String>>>>,
+    pub min_size: Option<S<RawSize>>,
+    pub content_types: Option<S<Vec<S<String>>>>,
+    pub decompress_requests: Option<S<bool>>,
+    pub max_ratio: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawIdempotency {
+    pub header: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+    pub store: Option<S<String>>,
+    pub max_body: Option<S<RawSize>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub max_keys: Option<S<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawIp {
+    pub allow: Option<S<Vec<S<String>>>>,
+    pub deny: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawRouteCache {
+    pub key: Option<S<Vec<S<String>>>>,
+    pub ignore_query: Option<S<Vec<S<String>>>>,
+    pub vary_cookies: Option<S<Vec<S<String>>>>,
+    pub default_ttl: Option<S<String>>,
+    pub max_object: Option<S<RawSize>>,
+    pub stale_while_revalidate: Option<S<String>>,
+    pub stale_if_error: Option<S<String>>,
+    pub coalesce_timeout: Option<S<String>>,
+}

@@ -14,6 +14,7 @@ use crate::validate::{Ctx, check_name, is_dns_name, is_token};
 pub(crate) struct Names<'a> {
     pub listeners: &'a [String],
     pub upstreams: &'a [String],
+    pub policies: crate::protect::PolicyNames<'a>,
 }
 
 pub(crate) fn routes(cx: &mut Ctx<'_, '_>, raw: &[S<RawRoute>], names: &Names<'_>) -> Vec<Route> {
@@ -98,11 +99,11 @@ fn route(
             headers.response = header_ops(cx, ops.get_ref(), &what, "headers.response");
         }
     }
-    let (protect, cache) = crate::protect::route_protection(cx, r, &what, names);
+    let (protect, cache) = crate::protect::route_protection(cx, r, &what, &names.policies);
     Some(Route { name, location, listeners, matcher, target: target?, rewrite, headers, protect, cache })
 }
 
-fn unknown_reference(what: &str, kind: &str, name: &str, known: &[String]) -> String {
+pub(crate) fn unknown_reference(what: &str, kind: &str, name: &str, known: &[String]) -> String {
     let mut message = format!("{what}: unknown {kind} `{name}`");
     if let Some(hint) = did_you_mean(name, known.iter().map(String::as_str)) {
         message.push_str(&format!("; did you mean `{hint}`?"));

@@ -182,7 +182,17 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
     let table = raw.forward_proxy.as_ref().map(|t| t.span());
     crate::forward_proxy::listener_warnings(cx, &fp_listeners, &forward_proxy, table);
 
-    let names = crate::route::Names { listeners: &listener_names, upstreams: &upstream_names };
+    let policies = crate::protect::policies(cx, &raw);
+    let names = crate::route::Names {
+        listeners: &listener_names,
+        upstreams: &upstream_names,
+        policies: crate::protect::PolicyNames {
+            auth: &policies.auth,
+            rate_limits: &policies.rate_limits,
+            cors: &policies.cors,
+            redis: policies.redis.is_some(),
+        },
+    };
     let routes = crate::route::routes(cx, raw.route.as_deref().unwrap_or_default(), &names);
 
     if cx.sink.has_errors() {
@@ -199,12 +209,12 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         upstreams,
         routes,
         forward_proxy,
-        auth: Vec::new(),
-        passport: crate::Passport::default(),
-        rate_limits: Vec::new(),
-        cors: Vec::new(),
-        redis: None,
-        cache: crate::CacheStore::default(),
+        auth: policies.auth,
+        passport: policies.passport,
+        rate_limits: policies.rate_limits,
+        cors: policies.cors,
+        redis: policies.redis,
+        cache: policies.cache,
     })
 }
 

@@ -30,6 +30,12 @@ pub struct AccessRecord<'a> {
     pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
+    /// The authenticated caller (`sub`, or `apikey:NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    /// What the cache did (`hit`, `miss`, `stale`…), on caching routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'a str>,
     /// Forward-proxy audit fields; absent for reverse-proxy requests.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub egress: Option<&'a EgressAudit>,

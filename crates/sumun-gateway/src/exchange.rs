@@ -41,6 +41,10 @@ pub struct Exchange {
     pub deferred_log: bool,
     /// Bytes of a request body without Content-Length, counted as it streams.
     pub bytes_in_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// The authenticated caller, for the access log.
+    pub subject: Option<String>,
+    /// The cache's verdict, for the access log.
+    pub cache: Option<&'static str>,
 }
 
 impl Exchange {
@@ -90,6 +94,8 @@ impl Exchange {
                 request_id: self.request_id.to_str().unwrap_or(""),
                 error,
                 rule: self.rule.as_deref(),
+                subject: self.subject.as_deref(),
+                cache: self.cache,
                 egress: self.egress.as_deref(),
             });
         }

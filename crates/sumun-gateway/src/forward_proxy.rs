@@ -483,6 +483,8 @@ where
             error: outcome,
             rule: None,
             egress: Some(&log.audit),
+            subject: None,
+            cache: None,
         });
     }
 }

@@ -17,6 +17,7 @@ use sumun_http::{Body, ErrorKind, ProxyError};
 
 use crate::exchange::{Exchange, ResponseBody};
 use crate::path;
+use crate::protect::{Inbound, Outbound, RequestFacts};
 use crate::router::{RequestView, prefix_matches};
 use crate::runtime::{Action, CompiledRoute, Runtime};
 use crate::server::ConnCtx;
@@ -52,25 +53,15 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Respons
         egress: None,
         deferred_log: false,
         bytes_in_counter: None,
+        subject: None,
+        cache: None,
     });
     let close = ctx.guard_violation().is_some();
     let result = match ctx.guard_violation() {
         Some(reason) => Err(ProxyError::new(ErrorKind::BadRequest, reason)),
         None => dispatch(req, &ctx, &runtime, &mut ex).await,
     };
-    let mut res = result.unwrap_or_else(|e| {
-        ex.error.get_or_insert(e.kind_name());
-        if let Some(src) = &e.source {
-            tracing::debug!(error = %src, kind = e.kind_name(), "request failed");
-        }
-        let mut res = problem_response(e.status(), e.detail, Some(&request_id));
-        if let Some(after) = e.retry_after {
-            // Whole seconds, rounded up: "0" would invite an immediate retry.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        res
-    });
+    let mut res = result.unwrap_or_else(|e| error_response(e, &mut ex));
     if close {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -170,13 +161,104 @@ async fn dispatch(
     };
     ex.route = Some(index);
 
+    let max_body = route.protect.max_body.unwrap_or(max_body);
     let declared = content_length(req.headers())?;
     if declared.is_some_and(|n| n > max_body) {
         return Err(ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed"));
     }
     ex.bytes_in = declared.unwrap_or(0);
 
-    let mut res = match &route.action {
+    let trust = listener.is_some_and(|l| l.trust_forwarded);
+    let (mut parts, incoming) = req.into_parts();
+    route.protect.strip(&mut parts.headers);
+    let body = ex.request_body(incoming, max_body, declared);
+    let mut out = Outbound::default();
+    let facts = RequestFacts {
+        client_ip: client_ip(ctx, &parts.headers, trust),
+        request_id: &ex.request_id.clone(),
+        max_body,
+    };
+    let method = parts.method.clone();
+    let res = match route.protect.inbound(&mut parts, body, &facts, &mut out).await {
+        Inbound::Respond(res) => res,
+        Inbound::Proceed(body) => {
+            let target =
+                TargetRequest { parts, body, normalized: &normalized, host_known: host.is_some(), trust };
+            let mut res = match run_target(target, route, ctx, runtime, ex).await {
+                Ok(res) => res,
+                Err(e) => error_response(e, ex),
+            };
+            route.response_headers.apply(res.headers_mut());
+            res
+        }
+    };
+    ex.subject = out.subject.take();
+    if let Some(reason) = out.refused {
+        ex.error.get_or_insert(reason);
+    }
+    Ok(route.protect.outbound(&method, out, res))
+}
+
+/// The client address rate limits and IP filters see: on a listener that trusts forwarding
+/// fields, the address the trusted proxy in front of us saw (the last `X-Forwarded-For`
+/// entry, which that proxy wrote); otherwise the connection's peer.
+fn client_ip(ctx: &ConnCtx, headers: &HeaderMap, trust: bool) -> Option<std::net::IpAddr> {
+    let peer = ctx.peer.map(|p| p.ip());
+    if !trust {
+        return peer;
+    }
+    let last = headers.get_all(&X_FORWARDED_FOR).iter().next_back()?;
+    let entry = last.to_str().ok()?.rsplit(',').next()?.trim();
+    entry
+        .parse()
+        .ok()
+        .or_else(|| {
+            // `[v6]:port` or `v4:port`
+            let e = entry.strip_prefix('[').and_then(|r| r.split_once(']')).map_or(entry, |(a, _)| a);
+            e.parse().ok().or_else(|| e.rsplit_once(':').and_then(|(a, _)| a.parse().ok()))
+        })
+        .or(peer)
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// A refusal or failure as the client sees it: problem+json with the status its kind maps to.
+pub(crate) fn error_response(e: ProxyError, ex: &mut Exchange) -> Response<Body> {
+    ex.error.get_or_insert(e.kind_name());
+    if let Some(src) = &e.source {
+        tracing::debug!(error = %src, kind = e.kind_name(), "request failed");
+    }
+    let mut res = problem_response(e.status(), e.detail, Some(&ex.request_id));
+    if let Some(after) = e.retry_after {
+        // Whole seconds, rounded up: "0" would invite an immediate retry.
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    res
+}
+
+/// The request as the target receives it, after the protection layers.
+pub(crate) struct TargetRequest<'a> {
+    pub parts: http::request::Parts,
+    pub body: Body,
+    /// The normalized path (before rewrites).
+    pub normalized: &'a std::borrow::Cow<'a, str>,
+    /// Whether the client named a host (Host field or URI authority).
+    pub host_known: bool,
+    /// Whether the listener trusts inbound forwarding fields.
+    pub trust: bool,
+}
+
+/// Runs the route's target: upstream, respond, redirect or echo.
+async fn run_target(
+    t: TargetRequest<'_>,
+    route: &CompiledRoute,
+    ctx: &ConnCtx,
+    runtime: &Runtime,
+    ex: &mut Exchange,
+) -> Result<Response<Body>, ProxyError> {
+    let TargetRequest { mut parts, body, normalized, host_known, trust } = t;
+    Ok(match &route.action {
         Action::Respond { status, body, headers } => {
             let mut res = Response::new(Body::full(body.clone()));
             *res.status_mut() = *status;
@@ -191,18 +273,15 @@ async fn dispatch(
             res.headers_mut().insert(header::LOCATION, location.clone());
             res
         }
-        Action::Echo => echo(req, &normalized, ctx, max_body).await?,
+        Action::Echo => echo(parts, body, normalized, ctx).await?,
         Action::Upstream(pool) => {
-            let (mut parts, incoming) = req.into_parts();
-            let body = ex.request_body(incoming, max_body, declared);
             let changed = matches!(normalized, std::borrow::Cow::Owned(_));
-            let trust = listener.is_some_and(|l| l.trust_forwarded);
-            let forwarding = Forwarding { ctx, via: &runtime.via, trust, has_host: host.is_some() };
-            prepare_upstream_request(&mut parts, &normalized, changed, route, &forwarding);
+            let forwarding = Forwarding { ctx, via: &runtime.via, trust, has_host: host_known };
+            prepare_upstream_request(&mut parts, normalized, changed, route, &forwarding);
             // After hop-by-hop stripping: a client cannot drop it by naming it in Connection.
             parts.headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
             let target =
-                crate::forward::Target { pool, path: &normalized, client_ip: ctx.peer.map(|p| p.ip()) };
+                crate::forward::Target { pool, path: normalized, client_ip: ctx.peer.map(|p| p.ip()) };
             let fwd = crate::forward::forward(target, parts, body, ex).await?;
             let (mut rparts, rbody) = fwd.response.into_parts();
             strip_hop_by_hop_response(&mut rparts.headers);
@@ -213,9 +292,7 @@ async fn dispatch(
             rparts.version = Version::HTTP_11;
             Response::from_parts(rparts, Body::incoming(rbody))
         }
-    };
-    route.response_headers.apply(res.headers_mut());
-    Ok(res)
+    })
 }
 
 fn bad_host() -> ProxyError {
@@ -308,13 +385,12 @@ fn rewrite_path(route: &CompiledRoute, normalized: &str) -> Option<String> {
 
 /// The echo target: the request as sumun received it (after normalization), as JSON.
 async fn echo(
-    req: Request<Incoming>,
+    parts: http::request::Parts,
+    mut body: Body,
     normalized: &str,
     ctx: &ConnCtx,
-    max_body: u64,
 ) -> Result<Response<Body>, ProxyError> {
     use http_body_util::BodyExt;
-    let (parts, body) = req.into_parts();
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {
         let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -329,7 +405,6 @@ async fn echo(
         }
     }
     let mut length = 0u64;
-    let mut body = Body::limited(body, max_body);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if sumun_http::body::is_body_too_large(e.as_ref()) {

@@ -110,6 +110,8 @@ pub struct CompiledRoute {
     pub request_headers: CompiledHeaderOps,
     pub response_headers: CompiledHeaderOps,
     pub metrics: RouteMetrics,
+    /// The route's protection layers (and the passport-header strip every route does).
+    pub protect: crate::protect::RouteProtect,
 }
 
 pub struct Runtime {
@@ -123,6 +125,8 @@ pub struct Runtime {
     pub unrouted: RouteMetrics,
     /// Built when a listener has `forward_proxy = true`.
     pub forward: Option<crate::forward_proxy::ForwardRuntime>,
+    /// Named auth/rate-limit/CORS policies, the passport signer and the Redis connection.
+    pub policies: crate::protect::Policies,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +135,8 @@ pub enum BuildError {
     Via(String),
     #[error("forward proxy: {0}")]
     Forward(String),
+    #[error("{0}")]
+    Protect(String),
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
 }
@@ -174,6 +180,9 @@ impl Runtime {
                 }
             })
             .collect();
+        let config = Arc::new(config);
+        let policies = crate::protect::Policies::build(&config, previous.map(|p| &p.policies))
+            .map_err(BuildError::Protect)?;
         let routes = config
             .routes
             .iter()
@@ -207,6 +216,7 @@ impl Runtime {
                     request_headers: CompiledHeaderOps::compile(&r.headers.request),
                     response_headers: CompiledHeaderOps::compile(&r.headers.response),
                     metrics: RouteMetrics::new(&name),
+                    protect: policies.route(r),
                     name,
                 }
             })
@@ -222,12 +232,13 @@ impl Runtime {
         let unrouted_name: Arc<str> = Arc::from("");
         Ok(Runtime {
             via: ViaEntries::new(&config.via).ok_or_else(|| BuildError::Via(config.via.clone()))?,
-            config: Arc::new(config),
+            config,
             routes,
             pools,
             listeners,
             unrouted: RouteMetrics::new(&unrouted_name),
             forward,
+            policies,
         })
     }
 

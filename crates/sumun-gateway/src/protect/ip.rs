@@ -8,7 +8,8 @@ use sumun_config::IpFilter;
 use super::Rejection;
 
 pub fn check(filter: &IpFilter, ip: Option<IpAddr>) -> Result<(), Rejection> {
-    let refused = || Rejection::new(StatusCode::FORBIDDEN, "ip_denied", "this client address may not use this route");
+    let refused =
+        || Rejection::new(StatusCode::FORBIDDEN, "ip_denied", "this client address may not use this route");
     // A unix-socket client has no address: only an open route admits it.
     let Some(ip) = ip else {
         return if filter.allow.is_empty() { Ok(()) } else { Err(refused()) };
