@@ -229,9 +229,7 @@ fn jwt(cx: &mut Ctx<'_, '_>, raw: &S<RawJwt>, what: &str) -> Option<JwtAuth> {
             .collect();
     }
     let list = |raw: &Option<S<OneOrMany>>| -> Vec<String> {
-        raw.as_ref()
-            .map(|v| v.get_ref().items().into_iter().map(|s| s.get_ref().clone()).collect())
-            .unwrap_or_default()
+        raw.as_ref().map(|v| v.get_ref().0.clone()).unwrap_or_default()
     };
     let issuers = list(&j.issuer);
     let audiences = list(&j.audience);

@@ -438,32 +438,28 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for RawOnOr<T> {
 }
 
 /// A string or a list of strings (`audience = "api"` or `audience = ["a", "b"]`).
-pub(crate) enum OneOrMany {
-    One(S<String>),
-    Many(Vec<S<String>>),
-}
+pub(crate) struct OneOrMany(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged, expecting = "a string or a list of strings")]
-        enum Shape {
-            One(S<String>),
-            Many(Vec<S<String>>),
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
         }
-        Ok(match Shape::deserialize(d)? {
-            Shape::One(s) => OneOrMany::One(s),
-            Shape::Many(v) => OneOrMany::Many(v),
-        })
-    }
-}
-
-impl OneOrMany {
-    pub fn items(&self) -> Vec<&S<String>> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v.iter().collect(),
-        }
+        d.deserialize_any(ListVisitor)
     }
 }
 

@@ -3,6 +3,7 @@
 mod errors;
 mod forward_proxy;
 mod keys;
+mod protect;
 mod upstream;
 
 use std::path::Path;
