@@ -356,4 +356,9 @@ fn the_documented_complete_example_is_valid() {
         (Balance::RingHash, &Some(HashKey::Cookie("session".into())))
     );
     assert_eq!(sessions.health.as_ref().unwrap().kind, HealthCheckKind::Tcp);
+    assert_eq!((c.auth.len(), c.rate_limits.len(), c.cors.len()), (1, 1, 1));
+    let api_route = &c.routes[0].protect;
+    assert_eq!(api_route.auth.as_ref().unwrap().scopes, ["api:read"]);
+    assert!(api_route.compress.is_some() && api_route.cors.is_some() && api_route.rate_limit.is_some());
+    assert_eq!(c.routes[3].cache.as_ref().unwrap().stale_if_error, secs(300));
 }
