@@ -4,7 +4,7 @@
 //! while the first is held at the upstream is 409 with `Retry-After`; keyless requests and GETs
 //! are not covered; keys are scoped by authenticated subject; and with `store = "redis"` on a
 //! private redis-server, a request replayed by a second sumun instance, then 503 while Redis
-//! is down.
+//! is down. Memory records survive a configuration reload.
 //!
 //! Needs `curl`, and `redis-server` for the Redis test (scripts/test installs both).
 
@@ -177,6 +177,32 @@ fn server_errors_are_not_replayed() {
     let again = post(&url, Some("retry-me"), "{}");
     assert_eq!((again.status, again.header("idempotency-replayed")), (201, Some("true")));
     assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn records_survive_a_reload() {
+    let up = created_upstream();
+    let config = cfg(CONFIG, &[("UP", up.endpoint())]);
+    let s = Sumun::start(&config);
+    let url = s.url("web", "/orders");
+    assert_eq!(post(&url, Some("before-reload"), "{}").status, 201);
+
+    // A reload rebuilds every route; a retry that comes after it must still be replayed.
+    let before = s.stderr.all().len();
+    let next = format!(
+        "{config}\n[[route]]\nname = \"health\"\nmatch = {{ path = \"/health\" }}\nto = {{ respond = {{ status = 200, body = \"ok\" }} }}\n"
+    );
+    std::fs::write(s.config_path(), next).unwrap();
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(T, "configuration reloaded", || {
+        let lines = s.stderr.all();
+        lines[before.min(lines.len())..].iter().any(|l| l.contains("configuration reloaded")).then_some(())
+    });
+    assert_eq!(curl(&[&s.url("web", "/health")]).text(), "ok");
+
+    let again = post(&url, Some("before-reload"), "{}");
+    assert_eq!((again.status, again.header("idempotency-replayed")), (201, Some("true")));
+    assert_eq!(up.count(), 1);
 }
 
 const AUTH_CONFIG: &str = r#"
