@@ -1,0 +1,8 @@
+//! sumun's message bus: topics whose messages are stored durably and delivered to workers.
+//! `log` is the embedded durable store — per topic partition, an append-only log of
+//! checksummed records in segment files, with group-committed fsyncs, crash recovery and
+//! retention. Publishing, subscriptions and delivery build on it.
+
+#![forbid(unsafe_code)]
+
+pub mod log;
