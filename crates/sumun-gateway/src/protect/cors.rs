@@ -184,7 +184,12 @@ impl Cors {
     /// Allowed: 204 with the CORS headers. Refused (origin, method or a header): 403
     /// problem+json without any CORS header, which fails the preflight in every browser and
     /// says why to a person looking at the network panel.
-    pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response<Body>> {
+    pub fn preflight(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        request_id: Option<&HeaderValue>,
+    ) -> Option<Response<Body>> {
         if method != Method::OPTIONS {
             return None;
         }
@@ -198,7 +203,7 @@ impl Cors {
             Err(refusal) => {
                 self.preflights_rejected.increment(1);
                 tracing::debug!(reason = ?refusal, "cors preflight refused");
-                let mut res = problem_response(StatusCode::FORBIDDEN, refusal.detail(), None);
+                let mut res = problem_response(StatusCode::FORBIDDEN, refusal.detail(), request_id);
                 res.headers_mut().insert(header::VARY, VARY_PREFLIGHT);
                 Some(res)
             }
@@ -653,7 +658,7 @@ mod tests {
     fn preflight_allowed_answers_everything() {
         let c = Cors::compile(&policy(&["https://app.example.com"], true));
         let h = preflight_headers("https://app.example.com", "PUT", Some("content-type,x-custom"));
-        let res = c.preflight(&Method::OPTIONS, &h).expect("a preflight");
+        let res = c.preflight(&Method::OPTIONS, &h, None).expect("a preflight");
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         assert_eq!(get(&res, "access-control-allow-origin"), Some("https://app.example.com"));
         assert_eq!(get(&res, "access-control-allow-credentials"), Some("true"));
@@ -672,13 +677,13 @@ mod tests {
     fn not_a_preflight() {
         let c = Cors::compile(&policy(&["https://app.example.com"], false));
         let h = preflight_headers("https://app.example.com", "PUT", None);
-        assert!(c.preflight(&Method::GET, &h).is_none());
+        assert!(c.preflight(&Method::GET, &h, None).is_none());
         let mut h = HeaderMap::new();
         h.insert(header::ORIGIN, hv("https://app.example.com"));
-        assert!(c.preflight(&Method::OPTIONS, &h).is_none(), "no Access-Control-Request-Method");
+        assert!(c.preflight(&Method::OPTIONS, &h, None).is_none(), "no Access-Control-Request-Method");
         let mut h = HeaderMap::new();
         h.insert(header::ACCESS_CONTROL_REQUEST_METHOD, hv("PUT"));
-        assert!(c.preflight(&Method::OPTIONS, &h).is_none(), "no Origin");
+        assert!(c.preflight(&Method::OPTIONS, &h, None).is_none(), "no Origin");
     }
 
     #[test]
@@ -693,7 +698,7 @@ mod tests {
             ("https://app.example.com", "PUT", Some("content-type, x-other")),
             ("https://app.example.com", "PUT", Some("bad header")),
         ] {
-            let res = c.preflight(&Method::OPTIONS, &preflight_headers(origin, method, hdrs)).unwrap();
+            let res = c.preflight(&Method::OPTIONS, &preflight_headers(origin, method, hdrs), None).unwrap();
             assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin} {method} {hdrs:?}");
             assert!(!has_cors_headers(res.headers()), "{origin} {method} {hdrs:?}: {:?}", res.headers());
             assert_eq!(get(&res, "content-type"), Some("application/problem+json"));
@@ -707,7 +712,7 @@ mod tests {
         let c = Cors::compile(&p);
         for m in ["GET", "HEAD", "POST", "PUT"] {
             let res = c
-                .preflight(&Method::OPTIONS, &preflight_headers("https://app.example.com", m, None))
+                .preflight(&Method::OPTIONS, &preflight_headers("https://app.example.com", m, None), None)
                 .unwrap();
             assert_eq!(res.status(), StatusCode::NO_CONTENT, "{m}");
             assert_eq!(get(&res, "access-control-allow-methods"), Some("PUT"));
@@ -719,13 +724,13 @@ mod tests {
         let c = Cors::compile(&policy(&["https://app.example.com"], false));
         let mut h = preflight_headers("https://app.example.com", "PUT", Some("Content-Type"));
         h.append(header::ACCESS_CONTROL_REQUEST_HEADERS, hv(" x-custom ,"));
-        let res = c.preflight(&Method::OPTIONS, &h).unwrap();
+        let res = c.preflight(&Method::OPTIONS, &h, None).unwrap();
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         h.append(header::ACCESS_CONTROL_REQUEST_HEADERS, hv("x-nope"));
-        assert_eq!(c.preflight(&Method::OPTIONS, &h).unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(c.preflight(&Method::OPTIONS, &h, None).unwrap().status(), StatusCode::FORBIDDEN);
         let many = vec!["x-custom"; MAX_REQUESTED_HEADERS + 1].join(",");
         let h = preflight_headers("https://app.example.com", "PUT", Some(&many));
-        assert_eq!(c.preflight(&Method::OPTIONS, &h).unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(c.preflight(&Method::OPTIONS, &h, None).unwrap().status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -734,18 +739,20 @@ mod tests {
         p.headers = vec!["*".into()];
         let c = Cors::compile(&p);
         let res = c
-            .preflight(&Method::OPTIONS, &preflight_headers("https://any.test", "PUT", Some("x-a,x-b")))
+            .preflight(&Method::OPTIONS, &preflight_headers("https://any.test", "PUT", Some("x-a,x-b")), None)
             .unwrap();
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         assert_eq!(get(&res, "access-control-allow-origin"), Some("*"));
         assert_eq!(get(&res, "access-control-allow-headers"), Some("*"));
         assert_eq!(get(&res, "access-control-allow-credentials"), None);
-        let res =
-            c.preflight(&Method::OPTIONS, &preflight_headers("null", "PUT", Some("authorization"))).unwrap();
+        let res = c
+            .preflight(&Method::OPTIONS, &preflight_headers("null", "PUT", Some("authorization")), None)
+            .unwrap();
         assert_eq!(get(&res, "access-control-allow-origin"), Some("*"));
         assert_eq!(get(&res, "access-control-allow-headers"), Some("*, authorization"));
         assert_eq!(get(&res, "access-control-allow-private-network"), None);
-        let res = c.preflight(&Method::OPTIONS, &preflight_headers("https://any.test", "PUT", None)).unwrap();
+        let res =
+            c.preflight(&Method::OPTIONS, &preflight_headers("https://any.test", "PUT", None), None).unwrap();
         assert_eq!(get(&res, "access-control-allow-headers"), None, "nothing asked");
 
         let mut h = HeaderMap::new();
@@ -762,7 +769,7 @@ mod tests {
         let c = Cors::compile(&p);
         let mut h = preflight_headers("https://app.example.com", "PATCH", Some("x-a, authorization"));
         h.append(header::ACCESS_CONTROL_REQUEST_HEADERS, hv("x-b"));
-        let res = c.preflight(&Method::OPTIONS, &h).unwrap();
+        let res = c.preflight(&Method::OPTIONS, &h, None).unwrap();
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         assert_eq!(get(&res, "access-control-allow-headers"), Some("x-a, authorization, x-b"));
         assert_eq!(get(&res, "access-control-allow-methods"), Some("PATCH"));
@@ -773,7 +780,8 @@ mod tests {
     fn star_with_credentials_never_emits_star_with_credentials() {
         // Validation refuses this; compile still fails closed.
         let c = Cors::compile(&policy(&["*"], true));
-        let res = c.preflight(&Method::OPTIONS, &preflight_headers("https://any.test", "PUT", None)).unwrap();
+        let res =
+            c.preflight(&Method::OPTIONS, &preflight_headers("https://any.test", "PUT", None), None).unwrap();
         assert_eq!(get(&res, "access-control-allow-origin"), Some("*"));
         assert_eq!(get(&res, "access-control-allow-credentials"), None);
         let mut h = HeaderMap::new();
@@ -787,7 +795,7 @@ mod tests {
         let c = Cors::compile(&policy(&["https://app.example.com"], false));
         let mut h = preflight_headers("https://app.example.com", "GET", None);
         h.insert(ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK, hv("true"));
-        let res = c.preflight(&Method::OPTIONS, &h).unwrap();
+        let res = c.preflight(&Method::OPTIONS, &h, None).unwrap();
         assert_eq!(get(&res, "access-control-allow-private-network"), Some("true"));
     }
 
@@ -861,7 +869,7 @@ mod tests {
         p.expose_headers.clear();
         let c = Cors::compile(&p);
         let res = c
-            .preflight(&Method::OPTIONS, &preflight_headers("https://app.example.com", "GET", None))
+            .preflight(&Method::OPTIONS, &preflight_headers("https://app.example.com", "GET", None), None)
             .unwrap();
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         assert_eq!(get(&res, "access-control-allow-methods"), None);
@@ -870,6 +878,7 @@ mod tests {
             .preflight(
                 &Method::OPTIONS,
                 &preflight_headers("https://app.example.com", "GET", Some("x-custom")),
+                None,
             )
             .unwrap();
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
@@ -919,10 +928,10 @@ mod tests {
         let rec = CountingRecorder::default();
         let c = metrics::with_local_recorder(&rec, || Cors::compile(&policy(&["https://a.test"], false)));
         // Outside the recorder's scope: the handles were resolved by `compile`.
-        c.preflight(&Method::OPTIONS, &preflight_headers("https://a.test", "PUT", None));
-        c.preflight(&Method::OPTIONS, &preflight_headers("https://a.test", "PUT", None));
-        c.preflight(&Method::OPTIONS, &preflight_headers("https://b.test", "PUT", None));
-        c.preflight(&Method::GET, &preflight_headers("https://b.test", "PUT", None));
+        c.preflight(&Method::OPTIONS, &preflight_headers("https://a.test", "PUT", None), None);
+        c.preflight(&Method::OPTIONS, &preflight_headers("https://a.test", "PUT", None), None);
+        c.preflight(&Method::OPTIONS, &preflight_headers("https://b.test", "PUT", None), None);
+        c.preflight(&Method::GET, &preflight_headers("https://b.test", "PUT", None), None);
         assert_eq!(rec.get("sumun_cors_preflights_total{policy=app,result=allowed}"), Some(2));
         assert_eq!(rec.get("sumun_cors_preflights_total{policy=app,result=rejected}"), Some(1));
     }

@@ -226,7 +226,7 @@ impl RouteProtect {
             return reject(out, r);
         }
         if let Some(c) = &self.cors {
-            if let Some(res) = c.preflight(&parts.method, &parts.headers) {
+            if let Some(res) = c.preflight(&parts.method, &parts.headers, Some(facts.request_id)) {
                 out.preflight = true;
                 return Inbound::Respond(res);
             }
