@@ -1,7 +1,8 @@
 //! The admin listener: liveness (`/healthz`), readiness (`/readyz`, true once every listener
-//! is bound), Prometheus metrics (`/metrics`) and the read-only state of upstream pools
-//! (`GET /v1/upstreams`). It serves operators, never client traffic, and binds to loopback by
-//! default.
+//! is bound), Prometheus metrics (`/metrics`), the read-only state of upstream pools
+//! (`GET /v1/upstreams`) and the identity passport's public keys
+//! (`GET /v1/passport/jwks.json`). It serves operators, never client traffic, and binds to
+//! loopback by default.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// A JSON view produced on demand (the gateway's live state, read when asked).
 pub type Snapshot = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// A document produced on demand (the running passport's JWKS, read when asked so a reload
+/// is seen at once); None = not available.
+pub type Document = Arc<dyn Fn() -> Option<axum::body::Bytes> + Send + Sync>;
+
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
@@ -25,6 +30,8 @@ pub struct AdminState {
     pub prometheus: PrometheusHandle,
     /// `GET /v1/upstreams`.
     pub upstreams: Snapshot,
+    /// `GET /v1/passport/jwks.json`.
+    pub passport_jwks: Document,
 }
 
 /// The admin routes.
@@ -34,6 +41,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/upstreams", get(upstreams))
+        .route("/v1/passport/jwks.json", get(passport_jwks))
         .with_state(state)
 }
 
@@ -47,6 +55,20 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn upstreams(State(s): State<AdminState>) -> impl IntoResponse {
     axum::Json((s.upstreams)())
+}
+
+async fn passport_jwks(State(s): State<AdminState>) -> axum::response::Response {
+    match (s.passport_jwks)() {
+        Some(doc) => (
+            [
+                (header::CONTENT_TYPE, "application/jwk-set+json"),
+                (header::CACHE_CONTROL, "public, max-age=60"),
+            ],
+            doc,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no passport\n").into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {

@@ -40,8 +40,23 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Identity passport utilities.
+    Passport {
+        #[command(subcommand)]
+        command: PassportCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+pub enum PassportCommand {
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600) for `[passport] signing_key`.
+    Keygen {
+        /// The file to create; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn init_logging(cli: &Cli) {
@@ -80,4 +95,37 @@ pub fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sumun passport keygen`: creates `out` (0600, refusing to overwrite) with a new key and
+/// prints its `kid`.
+pub fn passport_keygen(out: &Path) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (pem, kid) = match sumun_gateway::protect::passport::generate_signing_key_pem() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("sumun: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("sumun: {} already exists; not overwriting it", out.display());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("sumun: cannot create {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = file.write_all(pem.as_bytes()).and_then(|()| file.sync_all()) {
+        // Never leave a truncated key behind.
+        let _ = std::fs::remove_file(out);
+        eprintln!("sumun: cannot write {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    println!("wrote {} (kid {kid})", out.display());
+    ExitCode::SUCCESS
 }

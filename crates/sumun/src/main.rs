@@ -23,6 +23,9 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         cli::Command::Check { config } => cli::check(&config),
+        cli::Command::Passport { command: cli::PassportCommand::Keygen { out } } => {
+            cli::passport_keygen(&out)
+        }
         cli::Command::Serve { config, threads } => match serve::run(&config, threads) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -87,7 +87,11 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
         Some(admin) => {
             let gw = gateway.clone();
             let upstreams: sumun_admin::Snapshot = Arc::new(move || gw.runtime().upstreams_snapshot());
-            let state = AdminState { ready: ready.clone(), prometheus: prometheus.clone(), upstreams };
+            let gw = gateway.clone();
+            let passport_jwks: sumun_admin::Document =
+                Arc::new(move || Some(gw.runtime().policies.passport.jwks()));
+            let state =
+                AdminState { ready: ready.clone(), prometheus: prometheus.clone(), upstreams, passport_jwks };
             let stop = async move {
                 let _ = admin_stop_rx.await;
             };

@@ -59,10 +59,22 @@ impl SigningKey {
     }
 
     fn generate() -> Result<SigningKey, String> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| "cannot generate an Ed25519 key: no system randomness".to_owned())?;
-        SigningKey::from_pkcs8(doc.as_ref(), true)
+        SigningKey::from_pkcs8(&new_pkcs8()?, true)
     }
+}
+
+/// A new Ed25519 private key as a PKCS#8 v1 document (RFC 8410 §7): the form OpenSSL, Python
+/// `cryptography` and every JOSE library read (v2 with the public key is not).
+fn new_pkcs8() -> Result<Vec<u8>, String> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| "cannot generate an Ed25519 key: no system randomness".to_owned())?;
+    let pair = KeypairBytes { secret_key: seed, public_key: None };
+    seed.fill(0);
+    let doc = pair.to_pkcs8_der().map_err(|e| format!("cannot encode the Ed25519 key: {e}"))?;
+    Ok(doc.as_bytes().to_vec())
 }
 
 /// RFC 7638 thumbprint of an Ed25519 public key (`x`, base64url): SHA-256 over the required
@@ -74,10 +86,9 @@ fn thumbprint(x: &str) -> String {
 
 /// A new Ed25519 signing key as a PKCS#8 PEM document, and its `kid` (`sumun passport keygen`).
 pub fn generate_signing_key_pem() -> Result<(String, String), String> {
-    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| "cannot generate an Ed25519 key: no system randomness".to_owned())?;
-    let key = SigningKey::from_pkcs8(doc.as_ref(), true)?;
-    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()));
+    let der = new_pkcs8()?;
+    let key = SigningKey::from_pkcs8(&der, true)?;
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
     Ok((pem, key.kid))
 }
 
@@ -316,6 +327,7 @@ mod tests {
         // the old key stays published while its passports may be alive.
         let old_token = first.issue(&identity(), &HeaderValue::from_static("r")).unwrap();
         let (pem, kid) = generate_signing_key_pem().unwrap();
+        assert_eq!(pem::parse(&pem).unwrap().contents().len(), 48, "PKCS#8 v1 (RFC 8410 §7)");
         let configured = sumun_config::Passport { signing_key: Some(Secret(pem)), ..cfg() };
         let rotated = Passport::new(&configured, Some(&reloaded)).unwrap();
         assert_eq!(rotated.kid(), kid);
