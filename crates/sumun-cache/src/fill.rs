@@ -208,3 +208,30 @@ impl http_body::Body for StoredBody {
         SizeHint::with_exact(rest)
     }
 }
+
+/// A body of a few `Bytes` handles (a range of a multi-chunk stored body).
+pub struct ChunksBody {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl ChunksBody {
+    pub fn new(chunks: Vec<Bytes>) -> ChunksBody {
+        ChunksBody { chunks: chunks.into() }
+    }
+}
+
+impl http_body::Body for ChunksBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}

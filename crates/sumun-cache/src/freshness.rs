@@ -274,7 +274,13 @@ pub fn evaluate(x: &Exchange<'_>, defaults: &Defaults, me: &str) -> Storable {
         return Storable::No("request no-store");
     }
     let (cc, targeted) = governing(x.headers, me);
-    if cc.has("no-store") {
+    // §5.2.2.3: `must-understand` stores only statuses whose caching rules we know, and
+    // then overrides `no-store`.
+    let must_understand = cc.has("must-understand");
+    if must_understand && x.status.canonical_reason().is_none() {
+        return Storable::No("must-understand");
+    }
+    if cc.has("no-store") && !must_understand {
         return Storable::No("no-store");
     }
     if cc.has("private") {
@@ -425,8 +431,9 @@ fn library_storable(x: &Exchange<'_>, cc: &Directives, targeted: bool) -> bool {
 
 fn canonical_cc(cc: &Directives) -> String {
     let mut out = String::new();
+    let must_understand = cc.has("must-understand");
     for d in cc.iter() {
-        if d.name.is_empty() {
+        if d.name.is_empty() || (must_understand && d.name == "no-store") {
             continue;
         }
         if !out.is_empty() {
@@ -715,6 +722,18 @@ mod tests {
         assert_eq!(usable(&plain, at(20), &none), Usable::StaleWhileRevalidate);
         assert!(plain.stale_if_error_ok(at(500), &none));
         assert!(!plain.stale_if_error_ok(at(700), &none));
+    }
+
+    #[test]
+    fn must_understand_refuses_unknown_statuses_and_overrides_no_store() {
+        assert_eq!(
+            eval(599, &[("cache-control", v("max-age=60, must-understand"))]),
+            Storable::No("must-understand")
+        );
+        assert!(matches!(
+            eval(200, &[("cache-control", v("max-age=60, must-understand, no-store"))]),
+            Storable::Yes(_)
+        ));
     }
 
     #[test]

@@ -161,6 +161,77 @@ pub fn from_stored(
     res
 }
 
+/// A single byte range of `len` bytes (RFC 9110 §14.1.2): `a-b`, `a-` or `-n`. None when
+/// the header is not one satisfiable range (several ranges, other units, garbage): the
+/// request then goes to the origin.
+pub fn single_range(range: &HeaderValue, len: u64) -> Option<(u64, u64)> {
+    let spec = range.to_str().ok()?.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (first, last) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let first: u64 = a.parse().ok()?;
+        let last = if b.is_empty() { len - 1 } else { b.parse::<u64>().ok()?.min(len - 1) };
+        (first, last)
+    };
+    (first <= last && first < len).then_some((first, last))
+}
+
+/// A 206 for `range` of a stored complete 200, sharing the stored chunks. None when the
+/// range is not one we serve, or `If-Range` does not match the stored validator.
+pub fn range_from_stored(
+    entry: &Arc<Stored>,
+    request: &HeaderMap,
+    now: SystemTime,
+) -> Option<Response<Body>> {
+    if entry.status != StatusCode::OK {
+        return None;
+    }
+    if let Some(if_range) = request.get(header::IF_RANGE) {
+        // Only a strong entity tag can match (RFC 9110 §13.1.5); anything else: full fetch.
+        let etag = entry.headers.get(header::ETAG)?;
+        if etag.as_bytes().starts_with(b"W/") || if_range != etag {
+            return None;
+        }
+    }
+    let (first, last) = single_range(request.get(header::RANGE)?, entry.body_len)?;
+    let mut parts: Vec<bytes::Bytes> = Vec::new();
+    let mut offset = 0u64;
+    for chunk in &entry.body {
+        let (start, end) = (offset, offset + chunk.len() as u64);
+        offset = end;
+        if end <= first || start > last {
+            continue;
+        }
+        let from = first.saturating_sub(start) as usize;
+        let to = ((last + 1).min(end) - start) as usize;
+        parts.push(chunk.slice(from..to));
+    }
+    let body = match parts.len() {
+        0 => Body::empty(),
+        1 => Body::full(parts.remove(0)),
+        _ => Body::boxed(crate::fill::ChunksBody::new(parts)),
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+    *res.headers_mut() = entry.headers.clone();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{}", entry.body_len)) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    h.insert(header::AGE, HeaderValue::from(entry.freshness.age(now).as_secs()));
+    Some(res)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +282,19 @@ mod tests {
         assert_eq!(m["cache-control"], "max-age=60");
         assert_eq!(m["content-type"], "text/html");
         assert!(m.get("content-md5").is_none());
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let r = |s: &'static str| single_range(&HeaderValue::from_static(s), 10);
+        assert_eq!(r("bytes=0-1"), Some((0, 1)));
+        assert_eq!(r("bytes=5-"), Some((5, 9)));
+        assert_eq!(r("bytes=-3"), Some((7, 9)));
+        assert_eq!(r("bytes=-30"), Some((0, 9)));
+        assert_eq!(r("bytes=8-100"), Some((8, 9)));
+        for bad in ["bytes=10-", "bytes=3-2", "bytes=0-1,3-4", "items=0-1", "bytes=-0", "bytes=a-b"] {
+            assert_eq!(r(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -43,8 +43,20 @@ pub(crate) async fn serve(
     let authorized = head.headers.contains_key(header::AUTHORIZATION);
     let req = Req { head, directives, key, authorized };
 
+    if req.head.headers.contains_key(header::RANGE) && !req.directives.no_store {
+        // A range of a fresh stored complete response is cut from it; anything else about
+        // ranges goes to the origin, and partial responses are not stored.
+        let now = SystemTime::now();
+        if let Found::Hit(entry) = inner.store.lookup(req.key.hash, &req.head.headers, req.authorized)
+            && freshness::usable(&entry.freshness, now, &req.directives) == Usable::Fresh
+            && let Some(mut res) = respond::range_from_stored(&entry, &req.head.headers, now)
+        {
+            inner.metrics.hits.increment(1);
+            CacheStatus::hit(entry.freshness.ttl_secs(now)).apply(CACHE_NAME, res.headers_mut());
+            return Ok(res);
+        }
+    }
     if req.directives.no_store || req.head.headers.contains_key(header::RANGE) {
-        // Ranges and no-store requests pass through; nothing is stored from them.
         inner.metrics.bypass.increment(1);
         return pass(&origin, req.head, CacheStatus::fwd(Fwd::Bypass)).await;
     }

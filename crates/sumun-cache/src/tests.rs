@@ -528,3 +528,23 @@ async fn stored_bytes_and_objects_are_tracked() {
     let snap = c.snapshot();
     assert_eq!((snap.objects, snap.stored_bytes), (0, 0));
 }
+
+#[tokio::test]
+async fn ranges_are_cut_from_a_stored_complete_response() {
+    let (c, r) = (cache(), route());
+    let m = Mock::new(Duration::ZERO, |_, _| {
+        Ok(response(200, &[("cache-control", "max-age=60"), ("etag", "\"r\"")], "0123456789"))
+    });
+    get(&c, &r, &m, "/r", &[]).await;
+    let (s, h, b) = get(&c, &r, &m, "/r", &[("range", "bytes=2-4")]).await;
+    assert_eq!(
+        (s, b.as_str(), &h["content-range"]),
+        (StatusCode::PARTIAL_CONTENT, "234", &HeaderValue::from_static("bytes 2-4/10"))
+    );
+    let (s, _, b) = get(&c, &r, &m, "/r", &[("range", "bytes=-2"), ("if-range", "\"r\"")]).await;
+    assert_eq!((s, b.as_str()), (StatusCode::PARTIAL_CONTENT, "89"));
+    assert_eq!(m.calls(), 1);
+    // A non-matching If-Range goes to the origin.
+    get(&c, &r, &m, "/r", &[("range", "bytes=0-1"), ("if-range", "\"old\"")]).await;
+    assert_eq!(m.calls(), 2);
+}
