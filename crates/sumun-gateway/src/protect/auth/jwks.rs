@@ -258,12 +258,22 @@ impl Drop for TaskGuard {
 
 impl RemoteJwks {
     pub fn new(policy: Arc<str>, url: &str, cfg: &JwtAuth) -> Result<Arc<RemoteJwks>, String> {
+        let tls = TLS.as_ref().map_err(Clone::clone)?.as_ref().clone();
+        RemoteJwks::with_tls(policy, url, cfg, tls)
+    }
+
+    /// Like [`RemoteJwks::new`], trusting what `tls` trusts.
+    fn with_tls(
+        policy: Arc<str>,
+        url: &str,
+        cfg: &JwtAuth,
+        tls: rustls::ClientConfig,
+    ) -> Result<Arc<RemoteJwks>, String> {
         let uri: Uri = url.parse().map_err(|_| format!("jwks_url `{url}` is not a valid URL"))?;
         match uri.scheme_str() {
             Some("http" | "https") if uri.host().is_some() => {}
             _ => return Err(format!("jwks_url `{url}` must be an http:// or https:// URL")),
         }
-        let tls = TLS.as_ref().map_err(Clone::clone)?.as_ref().clone();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -477,6 +487,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -489,5 +500,89 @@ mod tests {
         assert_eq!(max_age(&h), Some(Duration::ZERO));
         h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("max-age=abc"));
         assert_eq!(max_age(&h), None);
+    }
+
+    /// A JWKS served over HTTPS by a server whose certificate a test CA signed.
+    #[tokio::test]
+    async fn fetches_over_https() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks.json", listener.local_addr().unwrap());
+        let doc = serde_json::json!({ "keys": [{ "kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" }] })
+        .to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, doc) = (acceptor.clone(), doc.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let doc = doc.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                                Bytes::from(doc),
+                            )))
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let cfg = JwtAuth {
+            jwks_url: Some(url.clone()),
+            key_files: Vec::new(),
+            secret: None,
+            algorithms: Vec::new(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: Duration::ZERO,
+            sources: Vec::new(),
+            scope_claim: "scope".into(),
+            jwks_min_refresh: Duration::from_secs(30),
+            jwks_min_ttl: Duration::from_secs(60),
+            jwks_max_ttl: Duration::from_secs(3600),
+            jwks_timeout: Duration::from_secs(5),
+        };
+        let remote = RemoteJwks::with_tls(Arc::from("t"), &url, &cfg, client).unwrap();
+        let (set, skipped, ttl) = remote.fetch().await.unwrap();
+        assert_eq!((set.keys.len(), skipped, ttl), (1, 0, Duration::from_secs(60)));
+        assert_eq!(set.keys[0].kid.as_deref(), Some("k1"));
+
+        // The process trust store does not know the test CA: the same server is refused.
+        let untrusted = RemoteJwks::new(Arc::from("t"), &url, &cfg).unwrap();
+        let err = untrusted.fetch().await.err().unwrap();
+        assert!(err.contains("certificate") || err.contains("Certificate"), "{err}");
     }
 }
