@@ -5,4 +5,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
+pub mod envelope;
 pub mod log;
+pub mod meta;
+pub mod push;
+mod state;
+pub mod subscription;
+pub mod topic;
+
+pub use bus::{Bus, BusError, DeadFilter};
+pub use push::PoolResolver;
+pub use topic::{PublishError, PublishRequest, Published};

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bus;
 mod cache_model;
 mod diagnostics;
 mod forward_proxy;
@@ -26,6 +27,9 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use bus::{
+    Deliver, DeliveryOrdering, DeliveryRetry, PartitionKey, StartPosition, Subscription, Topic, TopicDurability,
+};
 pub use cache_model::*;
 pub use diagnostics::{Diagnostic, Severity};
 pub use model::*;

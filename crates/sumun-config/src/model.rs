@@ -39,6 +39,10 @@ pub struct Config {
     pub redis: Option<crate::Redis>,
     /// `[cache]` (defaults when absent).
     pub cache: crate::CacheStore,
+    /// `[topic.NAME]`, sorted by name; `Target::Topic` refers to them by index.
+    pub topics: Vec<crate::Topic>,
+    /// `[subscription.NAME]`, sorted by name.
+    pub subscriptions: Vec<crate::Subscription>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,6 +487,8 @@ pub enum Target {
     Respond(Respond),
     Redirect { location: String, status: u16 },
     Echo,
+    /// Store the request as a message in a topic and answer 202.
+    Topic { index: usize, name: String },
 }
 
 #[derive(Debug, Clone)]

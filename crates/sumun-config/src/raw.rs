@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     pub cors: Option<S<Entries<S<RawCors>>>>,
     pub redis: Option<S<RawRedis>>,
     pub cache: Option<S<RawCacheStore>>,
+    pub topic: Option<S<Entries<S<crate::bus::RawTopic>>>>,
+    pub subscription: Option<S<Entries<S<crate::bus::RawSubscription>>>>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +234,7 @@ pub(crate) struct RawTarget {
     pub respond: Option<S<RawRespond>>,
     pub redirect: Option<S<RawRedirect>>,
     pub echo: Option<S<bool>>,
+    pub topic: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

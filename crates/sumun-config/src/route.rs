@@ -15,6 +15,8 @@ pub(crate) struct Names<'a> {
     pub listeners: &'a [String],
     pub upstreams: &'a [String],
     pub policies: crate::protect::PolicyNames<'a>,
+    /// Sorted: a position is the topic's index.
+    pub topics: &'a [String],
 }
 
 pub(crate) fn routes(cx: &mut Ctx<'_, '_>, raw: &[S<RawRoute>], names: &Names<'_>) -> Vec<Route> {
@@ -311,13 +313,15 @@ fn target(
         ("respond", t.respond.as_ref().map(|v| v.span())),
         ("redirect", t.redirect.as_ref().map(|v| v.span())),
         ("echo", t.echo.as_ref().map(|v| v.span())),
+        ("topic", t.topic.as_ref().map(|v| v.span())),
     ]
     .into_iter()
     .filter_map(|(k, span)| span.map(|s| (k, s)))
     .collect();
     match given.as_slice() {
         [] => {
-            let message = format!("{what}: `to` needs one of `upstream`, `respond`, `redirect` or `echo`");
+            let message =
+                format!("{what}: `to` needs one of `upstream`, `topic`, `respond`, `redirect` or `echo`");
             cx.missing(&format!("route[{index}].to"), to.span(), message);
             return None;
         }
@@ -337,6 +341,10 @@ fn target(
             return None;
         };
         return Some(Target::Upstream { index, name: name.get_ref().clone() });
+    }
+    if let Some(topic) = &t.topic {
+        let index = crate::bus::check_target_topic(cx, topic, what, names.topics)?;
+        return Some(Target::Topic { index, name: topic.get_ref().clone() });
     }
     if let Some(respond) = &t.respond {
         return respond_target(cx, respond.get_ref(), what).map(Target::Respond);

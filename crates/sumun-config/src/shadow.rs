@@ -302,6 +302,8 @@ mod tests {
             cors: vec![],
             redis: None,
             cache: crate::CacheStore::default(),
+            topics: vec![],
+            subscriptions: vec![],
         };
         let w = shadow_warnings(&config, Path::new("s.toml"));
         assert_eq!(w.len(), 1);

@@ -183,6 +183,13 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
     crate::forward_proxy::listener_warnings(cx, &fp_listeners, &forward_proxy, table);
 
     let policies = crate::protect::policies(cx, &raw);
+    let topic_names = crate::bus::topic_names(&raw);
+    let topics = crate::bus::topics(cx, &raw);
+    let subscriptions = crate::bus::subscriptions(
+        cx,
+        &raw,
+        &crate::bus::BusNames { topics: &topic_names, upstreams: &upstream_names },
+    );
     let names = crate::route::Names {
         listeners: &listener_names,
         upstreams: &upstream_names,
@@ -192,6 +199,7 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
             cors: &policies.cors,
             redis: policies.redis.is_some(),
         },
+        topics: &topic_names,
     };
     let routes = crate::route::routes(cx, raw.route.as_deref().unwrap_or_default(), &names);
 
@@ -215,6 +223,8 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         cors: policies.cors,
         redis: policies.redis,
         cache: policies.cache,
+        topics,
+        subscriptions,
     })
 }
 

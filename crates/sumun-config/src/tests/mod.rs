@@ -1,5 +1,6 @@
 //! End-to-end tests of `parse_str` / `load`: text in, validated model or diagnostics out.
 
+mod bus;
 mod errors;
 mod forward_proxy;
 mod keys;
