@@ -1,7 +1,8 @@
 //! The admin listener: liveness (`/healthz`), readiness (`/readyz`, true once every listener
 //! is bound), Prometheus metrics (`/metrics`), the read-only state of upstream pools
-//! (`GET /v1/upstreams`) and the identity passport's public keys
-//! (`GET /v1/passport/jwks.json`). It serves operators, never client traffic, and binds to
+//! (`GET /v1/upstreams`), the identity passport's public keys
+//! (`GET /v1/passport/jwks.json`), and the HTTP cache (`GET /v1/cache`,
+//! `POST /v1/cache/purge`). It serves operators, never client traffic, and binds to
 //! loopback by default.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,10 @@ pub type Snapshot = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// is seen at once); None = not available.
 pub type Document = Arc<dyn Fn() -> Option<axum::body::Bytes> + Send + Sync>;
 
+/// Purges the HTTP cache: (`url` | `prefix` | `tag`, value) → stored URLs removed; None when
+/// no route caches.
+pub type CachePurge = Arc<dyn Fn(&str, &str) -> Option<u64> + Send + Sync>;
+
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
@@ -32,6 +37,10 @@ pub struct AdminState {
     pub upstreams: Snapshot,
     /// `GET /v1/passport/jwks.json`.
     pub passport_jwks: Document,
+    /// `GET /v1/cache`.
+    pub cache: Snapshot,
+    /// `POST /v1/cache/purge`.
+    pub cache_purge: CachePurge,
 }
 
 /// The admin routes.
@@ -42,6 +51,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/upstreams", get(upstreams))
         .route("/v1/passport/jwks.json", get(passport_jwks))
+        .route("/v1/cache", get(cache))
+        .route("/v1/cache/purge", axum::routing::post(cache_purge))
         .with_state(state)
 }
 
@@ -68,6 +79,35 @@ async fn passport_jwks(State(s): State<AdminState>) -> axum::response::Response 
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "no passport\n").into_response(),
+    }
+}
+
+async fn cache(State(s): State<AdminState>) -> impl IntoResponse {
+    axum::Json((s.cache)())
+}
+
+/// `{"url": "https://host/path?q"}`, `{"prefix": "/static/"}` or `{"tag": "product-42"}`:
+/// exactly one. Removal is immediate for later requests.
+async fn cache_purge(State(s): State<AdminState>, body: axum::body::Bytes) -> axum::response::Response {
+    let bad = |detail: &str| {
+        (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({ "error": detail }))).into_response()
+    };
+    let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return bad("expected a JSON object with one of url, prefix, tag");
+    };
+    let mut given = doc.iter().filter(|(k, _)| matches!(k.as_str(), "url" | "prefix" | "tag"));
+    let (Some((kind, value)), None) = (given.next(), given.next()) else {
+        return bad("give exactly one of url, prefix, tag");
+    };
+    if doc.len() != 1 {
+        return bad("unknown field; give exactly one of url, prefix, tag");
+    }
+    let Some(value) = value.as_str().filter(|v| !v.is_empty()) else {
+        return bad("the value must be a non-empty string");
+    };
+    match (s.cache_purge)(kind, value) {
+        Some(n) => axum::Json(serde_json::json!({ "purged": n })).into_response(),
+        None => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": "no route caches" }))).into_response(),
     }
 }
 

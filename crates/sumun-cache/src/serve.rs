@@ -52,7 +52,7 @@ pub(crate) async fn serve(
             && let Some(mut res) = respond::range_from_stored(&entry, &req.head.headers, now)
         {
             inner.metrics.hits.increment(1);
-            CacheStatus::hit(entry.freshness.ttl_secs(now)).apply(CACHE_NAME, res.headers_mut());
+            mark(&mut res, &CacheStatus::hit(entry.freshness.ttl_secs(now)));
             return Ok(res);
         }
     }
@@ -156,16 +156,21 @@ pub(crate) async fn serve(
     }
 }
 
+fn mark(res: &mut Response<Body>, status: &CacheStatus) {
+    status.apply(CACHE_NAME, res.headers_mut());
+    res.extensions_mut().insert(crate::status::Outcome(status.outcome()));
+}
+
 fn gateway_timeout() -> Response<Body> {
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    CacheStatus::default().detail("only-if-cached").apply(CACHE_NAME, res.headers_mut());
+    mark(&mut res, &CacheStatus::default().detail("only-if-cached"));
     res
 }
 
 fn hit(entry: &Arc<Stored>, req: &Req, now: SystemTime, status: &CacheStatus) -> Response<Body> {
     let mut res = respond::from_stored(entry, &req.head.method, &req.head.headers, now);
-    status.apply(CACHE_NAME, res.headers_mut());
+    mark(&mut res, &status);
     res
 }
 
@@ -177,7 +182,7 @@ async fn pass(
 ) -> Result<Response<Body>, ProxyError> {
     let mut res = origin.send(head).await?;
     status.fwd_status = Some(res.status().as_u16());
-    status.apply(CACHE_NAME, res.headers_mut());
+    mark(&mut res, &status);
     Ok(res)
 }
 
@@ -278,7 +283,7 @@ async fn revalidate(
             inner.store.remove(req.key.hash);
         }
         let mut response = respond::from_stored(&updated, &req.head.method, &req.head.headers, now);
-        status.apply(CACHE_NAME, response.headers_mut());
+        mark(&mut response, &status);
         return Ok(response);
     }
     let status = CacheStatus::fwd(fwd);
@@ -370,7 +375,7 @@ fn admit(
             inner.store.remove(req.key.hash);
         }
         drop(guard);
-        status.apply(CACHE_NAME, &mut parts.headers);
+        status.mark(CACHE_NAME, &mut parts.headers, &mut parts.extensions);
         return Ok(Response::from_parts(parts, body));
     };
     let stored_headers = for_storage(parts.headers.clone());
@@ -391,10 +396,10 @@ fn admit(
         // The client's own validator matches: it gets a 304 while the fill completes.
         drain(body, fill);
         let mut res = respond::not_modified_response(&parts.headers);
-        status.apply(CACHE_NAME, res.headers_mut());
+        mark(&mut res, &status);
         return Ok(res);
     }
-    status.apply(CACHE_NAME, &mut parts.headers);
+    status.mark(CACHE_NAME, &mut parts.headers, &mut parts.extensions);
     Ok(Response::from_parts(parts, Body::boxed(FillBody::new(body, fill))))
 }
 

@@ -89,7 +89,30 @@ impl CacheStatus {
             headers.append(CACHE_STATUS.clone(), v);
         }
     }
+
+    /// One word for the access log: `hit`, `stale`, `revalidated`, `miss`, `bypass`.
+    pub fn outcome(&self) -> &'static str {
+        match (self.hit, self.fwd, self.fwd_status) {
+            (true, _, _) if self.ttl.is_some_and(|t| t <= 0) => "stale",
+            (true, _, _) => "hit",
+            (false, Some(Fwd::Stale | Fwd::Request), Some(304)) => "revalidated",
+            (false, _, _) if self.detail == Some("stale-if-error") => "stale",
+            (false, Some(Fwd::Bypass), _) => "bypass",
+            (false, Some(_), _) => "miss",
+            (false, None, _) => "miss",
+        }
+    }
+
+    /// Sets the header member and the [`Outcome`] extension on a response head.
+    pub fn mark(&self, name: &str, headers: &mut HeaderMap, extensions: &mut http::Extensions) {
+        self.apply(name, headers);
+        extensions.insert(Outcome(self.outcome()));
+    }
 }
+
+/// The cache's verdict on a response, as a response extension (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome(pub &'static str);
 
 #[cfg(test)]
 mod tests {

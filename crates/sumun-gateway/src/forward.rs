@@ -18,7 +18,6 @@ use sumun_upstream::endpoint::Outcome;
 use sumun_upstream::retry::{Backoff, Failure, parse_retry_after, retryable};
 use sumun_upstream::{Refused, UpstreamPool, outcome_of};
 
-use crate::exchange::Exchange;
 
 /// What the forwarder needs to know about the request beyond its head.
 pub struct Target<'a> {
@@ -39,7 +38,8 @@ pub async fn forward(
     t: Target<'_>,
     parts: Parts,
     body: Body,
-    ex: &mut Exchange,
+    // The endpoint that served the last try, for the access log.
+    upstream: &mut Option<std::sync::Arc<str>>,
 ) -> Result<Forwarded, ProxyError> {
     let pool = t.pool;
     let cfg = pool.config();
@@ -59,7 +59,7 @@ pub async fn forward(
             None => pool.pick(hash, &[])?,
         };
         let permit = pool.acquire(i).map_err(breaker_error)?;
-        ex.upstream = pool.endpoint(i).map(|e| e.label.clone());
+        *upstream = pool.endpoint(i).map(|e| e.label.clone());
         let t0 = Instant::now();
         let r = within(deadline, pool.send(&permit, Request::from_parts(parts, body))).await;
         pool.observe(i, t0.elapsed());
@@ -86,7 +86,7 @@ pub async fn forward(
             Err(open) if open.endpoint && !last => continue,
             Err(open) => return Err(breaker_error(open)),
         };
-        ex.upstream = pool.endpoint(i).map(|e| e.label.clone());
+        *upstream = pool.endpoint(i).map(|e| e.label.clone());
         let spare = body.try_clone();
         let req = request(&parts, body);
         let try_deadline = match policy.per_try_timeout {

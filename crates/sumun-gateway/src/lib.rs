@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+mod cache;
 mod conn_state;
 pub mod egress;
 mod exchange;

@@ -275,24 +275,77 @@ async fn run_target(
         }
         Action::Echo => echo(parts, body, normalized, ctx).await?,
         Action::Upstream(pool) => {
+            // The cache keys on the URL as the client addressed it, before any rewrite.
+            let cached = match (&route.cache, &runtime.cache) {
+                (Some(policy), Some(cache)) => {
+                    if parts.method.as_str() == "PURGE" {
+                        return Ok(crate::cache::purge_request(cache, policy, &parts, normalized, ctx, runtime, ex));
+                    }
+                    Some((cache, policy, crate::cache::KeyParts::of(&parts, normalized, ctx.tls)))
+                }
+                _ => None,
+            };
             let changed = matches!(normalized, std::borrow::Cow::Owned(_));
             let forwarding = Forwarding { ctx, via: &runtime.via, trust, has_host: host_known };
             prepare_upstream_request(&mut parts, normalized, changed, route, &forwarding);
             // After hop-by-hop stripping: a client cannot drop it by naming it in Connection.
             parts.headers.insert(X_REQUEST_ID.clone(), ex.request_id.clone());
+            if let Some((cache, policy, key)) = cached {
+                let call = UpstreamCall {
+                    runtime: ex.runtime.clone(),
+                    pool: pool.clone(),
+                    path: Arc::from(&**normalized),
+                    client_ip: ctx.peer.map(|p| p.ip()),
+                };
+                return crate::cache::run(cache, policy, call, key, parts, body, ex).await;
+            }
             let target =
                 crate::forward::Target { pool, path: normalized, client_ip: ctx.peer.map(|p| p.ip()) };
-            let fwd = crate::forward::forward(target, parts, body, ex).await?;
-            let (mut rparts, rbody) = fwd.response.into_parts();
-            strip_hop_by_hop_response(&mut rparts.headers);
-            if let Some(c) = fwd.sticky_cookie {
-                rparts.headers.append(header::SET_COOKIE, c);
+            let fwd = crate::forward::forward(target, parts, body, &mut ex.upstream).await?;
+            let (mut res, sticky) = upstream_response(fwd, &runtime.via);
+            if let Some(c) = sticky {
+                res.headers_mut().append(header::SET_COOKIE, c);
             }
-            append_via(&mut rparts.headers, rparts.version, &runtime.via);
-            rparts.version = Version::HTTP_11;
-            Response::from_parts(rparts, Body::incoming(rbody))
+            res
         }
     })
+}
+/// The upstream's response as the client gets it: hop-by-hop fields out, our Via in, HTTP/1.1
+/// framing; and the sticky-session cookie to add (kept apart so a cache never stores it).
+fn upstream_response(
+    fwd: crate::forward::Forwarded,
+    via: &sumun_http::forwarded::ViaEntries,
+) -> (Response<Body>, Option<HeaderValue>) {
+    let (mut rparts, rbody) = fwd.response.into_parts();
+    strip_hop_by_hop_response(&mut rparts.headers);
+    append_via(&mut rparts.headers, rparts.version, via);
+    rparts.version = Version::HTTP_11;
+    (Response::from_parts(rparts, Body::incoming(rbody)), fwd.sticky_cookie)
+}
+
+/// One upstream call that owns what it needs, so it outlives the client request: the cache
+/// calls it again to revalidate, and from a background task to refresh.
+#[derive(Clone)]
+pub(crate) struct UpstreamCall {
+    pub runtime: Arc<Runtime>,
+    pub pool: Arc<sumun_upstream::UpstreamPool>,
+    /// The normalized request path (before rewrites), for `hash_key = "path"`.
+    pub path: Arc<str>,
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+impl UpstreamCall {
+    /// Sends a prepared request; `upstream` receives the endpoint that answered.
+    pub async fn send(
+        &self,
+        parts: http::request::Parts,
+        body: Body,
+        upstream: &mut Option<Arc<str>>,
+    ) -> Result<(Response<Body>, Option<HeaderValue>), ProxyError> {
+        let target = crate::forward::Target { pool: &self.pool, path: &self.path, client_ip: self.client_ip };
+        let fwd = crate::forward::forward(target, parts, body, upstream).await?;
+        Ok(upstream_response(fwd, &self.runtime.via))
+    }
 }
 
 fn bad_host() -> ProxyError {

@@ -112,6 +112,8 @@ pub struct CompiledRoute {
     pub metrics: RouteMetrics,
     /// The route's protection layers (and the passport-header strip every route does).
     pub protect: crate::protect::RouteProtect,
+    /// `cache = …`: the route's cache policy (the store is `Runtime::cache`).
+    pub cache: Option<Arc<sumun_cache::RoutePolicy>>,
 }
 
 pub struct Runtime {
@@ -127,6 +129,9 @@ pub struct Runtime {
     pub forward: Option<crate::forward_proxy::ForwardRuntime>,
     /// Named auth/rate-limit/CORS policies, the passport signer and the Redis connection.
     pub policies: crate::protect::Policies,
+    /// The shared HTTP cache, when a route caches; carried over by reloads (a new, empty one
+    /// only when `[cache] memory` changed).
+    pub cache: Option<sumun_cache::Cache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +222,7 @@ impl Runtime {
                     response_headers: CompiledHeaderOps::compile(&r.headers.response),
                     metrics: RouteMetrics::new(&name),
                     protect: policies.route(r),
+                    cache: r.cache.as_ref().map(|c| Arc::new(sumun_cache::RoutePolicy::compile(c))),
                     name,
                 }
             })
@@ -229,6 +235,12 @@ impl Runtime {
         } else {
             None
         };
+        let cache = config.routes.iter().any(|r| r.cache.is_some()).then(|| {
+            match previous.and_then(|p| p.cache.as_ref()) {
+                Some(c) if c.capacity() == config.cache.memory => c.clone(),
+                _ => sumun_cache::Cache::new(&config.cache),
+            }
+        });
         let unrouted_name: Arc<str> = Arc::from("");
         Ok(Runtime {
             via: ViaEntries::new(&config.via).ok_or_else(|| BuildError::Via(config.via.clone()))?,
@@ -239,6 +251,7 @@ impl Runtime {
             unrouted: RouteMetrics::new(&unrouted_name),
             forward,
             policies,
+            cache,
         })
     }
 

@@ -90,8 +90,19 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
             let gw = gateway.clone();
             let passport_jwks: sumun_admin::Document =
                 Arc::new(move || Some(gw.runtime().policies.passport.jwks()));
-            let state =
-                AdminState { ready: ready.clone(), prometheus: prometheus.clone(), upstreams, passport_jwks };
+            let gw = gateway.clone();
+            let cache: sumun_admin::Snapshot = Arc::new(move || gw.runtime().cache_snapshot());
+            let gw = gateway.clone();
+            let cache_purge: sumun_admin::CachePurge =
+                Arc::new(move |kind, value| gw.runtime().purge_cache(kind, value));
+            let state = AdminState {
+                ready: ready.clone(),
+                prometheus: prometheus.clone(),
+                upstreams,
+                passport_jwks,
+                cache,
+                cache_purge,
+            };
             let stop = async move {
                 let _ = admin_stop_rx.await;
             };
