@@ -212,15 +212,16 @@ pub enum LogError {
 impl From<io::Error> for LogError {
     /// ENOSPC and EDQUOT become [`LogError::DiskFull`]; anything else [`LogError::Io`].
     fn from(e: io::Error) -> Self {
-        let full = [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT];
-        match e.raw_os_error() {
-            Some(code) if full.iter().any(|f| f.raw_os_error() == code) => LogError::DiskFull,
-            _ => LogError::Io(e),
-        }
+        if LogError::is_disk_full(&e) { LogError::DiskFull } else { LogError::Io(e) }
     }
 }
 
 impl LogError {
+    fn is_disk_full(e: &io::Error) -> bool {
+        let full = [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT];
+        e.raw_os_error().is_some_and(|code| full.iter().any(|f| f.raw_os_error() == code))
+    }
+
     /// The same error for another waiter of a failed batch (`io::Error` is not `Clone`).
     fn duplicate(&self) -> LogError {
         match self {

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -18,7 +19,7 @@ use rustix::fs::{FlockOperation, flock};
 use tokio::sync::watch;
 
 use super::segment::{self, Segment, sync_dir};
-use super::writer::WriterState;
+use super::writer::{PREALLOC_STEP, WriterState};
 use super::{Counters, LogConfig, LogError, Shared};
 
 pub(crate) struct Recovered {
@@ -164,7 +165,10 @@ fn recover_sealed(seg: &Segment) -> Result<bool, LogError> {
 fn recover_active(seg: &Segment) -> Result<(), LogError> {
     let scan = seg.scan()?;
     let file_len = seg.file.metadata()?.len();
-    if scan.valid_len < file_len {
+    if scan.valid_len < file_len && zero_tail(seg, scan.valid_len, file_len)? {
+        tracing::debug!(segment = %seg.path.display(), bytes = file_len - scan.valid_len, "dropping preallocated zeros");
+        seg.file.set_len(scan.valid_len)?;
+    } else if scan.valid_len < file_len {
         tracing::warn!(
             segment = %seg.path.display(), offset = scan.next_offset, position = scan.valid_len,
             bytes_dropped = file_len - scan.valid_len, reason = scan.damage.unwrap_or("trailing bytes"),
@@ -177,6 +181,18 @@ fn recover_active(seg: &Segment) -> Result<(), LogError> {
     let _ = std::fs::remove_file(seg.index_path());
     seg.install(scan.index, scan.valid_len, scan.next_offset, scan.max_timestamp);
     Ok(())
+}
+
+/// Whether `[from, to)` of the segment is all zeros and no longer than the writer's
+/// preallocation (plus one batch that may have failed in it): then it is not damage.
+fn zero_tail(seg: &Segment, from: u64, to: u64) -> io::Result<bool> {
+    const LIMIT: u64 = 2 * PREALLOC_STEP + 8 * 1024 * 1024;
+    if to - from > LIMIT {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; usize::try_from(to - from).unwrap_or(0)];
+    seg.file.read_exact_at(&mut buf, from)?;
+    Ok(buf.iter().all(|&b| b == 0))
 }
 
 fn check_contiguity(segments: &[Arc<Segment>]) {

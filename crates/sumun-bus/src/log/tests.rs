@@ -248,10 +248,11 @@ async fn reopen_after(
     let log = open(cfg).await;
     append_n(&log, 0, n, 100).await;
     log.close().await.unwrap();
+    let len = log.stats().bytes;
     drop(log);
     let path = seg_path(cfg, 0, "log");
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let len = file.metadata().unwrap().len();
+    assert_eq!(file.metadata().unwrap().len(), len, "close cuts the preallocated zeros");
     damage(&file, len);
     drop(file);
     wait_open(cfg).await
@@ -709,4 +710,29 @@ async fn offsets_are_never_reused_after_reopen_even_with_tail_damage() {
     }
     let log = wait_open(&cfg).await;
     assert_records(&read_all(&log, 0, 3).await, 0, 64);
+}
+
+#[tokio::test]
+async fn the_preallocated_zero_tail_is_never_read_and_recovery_drops_it_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let log = open(&cfg).await;
+    append_n(&log, 0, 10, 100).await;
+    let committed = log.stats().bytes;
+    let path = seg_path(&cfg, 0, "log");
+    // While open, the segment is zero-filled ahead of its records.
+    let live = std::fs::read(&path).unwrap();
+    assert_eq!(live.len() as u64, writer::PREALLOC_STEP);
+    assert!(live[committed as usize..].iter().all(|&b| b == 0));
+    assert_records(&read_all(&log, 0, 100).await, 0, 100);
+    // A crash leaves that tail on disk: a copy of the files taken now is what recovery sees.
+    let copy = tempfile::tempdir().unwrap();
+    let copy_cfg = LogConfig::new(copy.path());
+    std::fs::create_dir_all(part_dir(&copy_cfg)).unwrap();
+    std::fs::write(seg_path(&copy_cfg, 0, "log"), &live).unwrap();
+    let recovered = open(&copy_cfg).await;
+    assert_eq!(recovered.end_offset(), 10);
+    assert_eq!(std::fs::metadata(seg_path(&copy_cfg, 0, "log")).unwrap().len(), committed);
+    assert_eq!(recovered.append(vec![rec(10, 100)]).await.unwrap(), vec![10]);
+    assert_records(&read_all(&recovered, 0, 100).await, 0, 100);
 }

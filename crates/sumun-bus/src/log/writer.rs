@@ -6,6 +6,13 @@
 //! runtime keeps accepting appends meanwhile; those form the next batch. Under load the
 //! number of fsyncs per append falls with the number of concurrent appenders.
 //!
+//! Preallocation: the active segment is kept zero-filled [`PREALLOC_STEP`] bytes ahead of
+//! its end. Overwriting blocks that already exist lets `fdatasync` flush data only; extending
+//! the file needs a journal commit for the new size and blocks too, several times slower on
+//! ext4 (measured here: ~0.2-0.3 ms against ~1.2 ms per 32 KiB write + fdatasync). Readers
+//! never see the zeros (they stop at the committed length); a sealed segment is cut to its
+//! committed length; recovery drops a zero tail quietly.
+//!
 //! A batch is committed (visible to readers, acknowledged) only after its write (and fsync)
 //! succeeded. On failure the segment is truncated back to the last committed position, so
 //! nothing half-written stays behind, and every append of the failed part gets the error.
@@ -26,6 +33,10 @@ use super::{Durability, LogError, Record, Shared};
 
 /// Upper bound of one batch's encoded bytes (one append may exceed it alone).
 const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// How far ahead of the data the active segment is zero-filled. Also the most a partition
+/// holds on disk beyond its records.
+pub(crate) const PREALLOC_STEP: u64 = 512 * 1024;
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 pub(crate) enum Command {
     Append(Pending),
@@ -47,6 +58,8 @@ pub(crate) struct WriterState {
     pub active: Arc<Segment>,
     /// Committed length of `active`.
     pub pos: u64,
+    /// Length of the `active` file: zeros from `pos` to here.
+    pub prealloc_end: u64,
     /// Offset of the next record to commit.
     pub next_offset: u64,
     /// Position of the last index entry of `active` (0: none).
@@ -77,6 +90,8 @@ impl WriterState {
             shared,
             active,
             pos,
+            // Recovery cut the file to its records.
+            prealloc_end: pos,
             next_offset,
             last_indexed,
             dirty: false,
@@ -155,14 +170,18 @@ impl WriterState {
             return Ok(());
         }
         let start = self.pos;
-        let written = self.active.file.write_all_at(&self.buf, start).and_then(|()| {
-            if sync {
-                self.count_fsync();
-                self.active.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let end = start + self.buf.len() as u64;
+        let written = self
+            .ensure_room(end)
+            .and_then(|()| self.active.file.write_all_at(&self.buf, start))
+            .and_then(|()| {
+                if sync {
+                    self.count_fsync();
+                    self.active.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(e) = written {
             self.rollback(start, &e);
             return Err(LogError::from(e));
@@ -200,10 +219,48 @@ impl WriterState {
         self.chunk_max_ts = 0;
     }
 
+    /// Zero-fills the active segment up to at least `end` (a step ahead when there is room
+    /// for it; just `end` when the disk is too full for the step).
+    fn ensure_room(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.prealloc_end {
+            return Ok(());
+        }
+        let step = (self.prealloc_end + PREALLOC_STEP).min(self.shared.cfg.segment_bytes);
+        let target = end.max(step);
+        match self.zero_fill(target) {
+            Err(e) if target > end && LogError::is_disk_full(&e) => {
+                self.active.file.set_len(self.prealloc_end)?;
+                self.zero_fill(end)
+            }
+            other => other,
+        }
+    }
+
+    fn zero_fill(&mut self, target: u64) -> io::Result<()> {
+        let mut at = self.prealloc_end;
+        while at < target {
+            let n = usize::try_from(target - at).unwrap_or(usize::MAX).min(ZEROS.len());
+            self.active.file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        self.prealloc_end = target;
+        Ok(())
+    }
+
+    /// Cuts the active segment to its committed length (drops the preallocated zeros).
+    fn trim(&mut self) -> io::Result<()> {
+        if self.prealloc_end > self.pos {
+            self.active.file.set_len(self.pos)?;
+            self.prealloc_end = self.pos;
+        }
+        Ok(())
+    }
+
     /// Truncates the active segment back to `start` (the committed length) and makes that
     /// durable, so neither readers nor a later recovery see any of the failed batch.
     fn rollback(&mut self, start: u64, cause: &io::Error) {
         self.reset_chunk();
+        self.prealloc_end = start;
         let undone = self.active.file.set_len(start).and_then(|()| self.active.file.sync_data());
         match undone {
             Ok(()) => tracing::warn!(
@@ -244,13 +301,27 @@ impl WriterState {
         }
     }
 
+    /// At close: make the written records durable and drop the preallocated zeros.
+    fn finish(&mut self) -> Result<(), LogError> {
+        if let Err(e) = self.trim() {
+            tracing::warn!(segment = %self.active.path.display(), error = %e, "could not trim a log segment");
+        }
+        self.sync()
+    }
+
     fn count_fsync(&self) {
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Seals the active segment (already fsynced by the caller) and starts a new one at the
-    /// next offset. The new file's directory entry is fsynced before any record goes in it.
+    /// Seals the active segment (its records already fsynced by the caller): cuts it to its
+    /// records, writes its index, and starts a new segment at the next offset. The new file's
+    /// directory entry is fsynced before any record goes in it.
     fn roll(&mut self) -> Result<(), LogError> {
+        if self.prealloc_end > self.pos {
+            self.trim()?;
+            self.count_fsync();
+            self.active.file.sync_data()?;
+        }
         let dir = &self.shared.dir;
         let base = self.next_offset;
         if let Err(e) = self.active.write_index() {
@@ -269,6 +340,7 @@ impl WriterState {
         self.shared.segments_mut().push(Arc::clone(&segment));
         self.active = segment;
         self.pos = 0;
+        self.prealloc_end = 0;
         self.last_indexed = 0;
         self.dirty = false;
         self.reset_chunk();
@@ -390,7 +462,7 @@ pub(crate) async fn run(
     permits.close();
     rx.close();
     let result = match state {
-        Some(s) if !s.failed => match blocking(s, WriterState::sync).await {
+        Some(s) if !s.failed => match blocking(s, WriterState::finish).await {
             Some((_, result)) => result,
             None => Err(LogError::Closed),
         },
