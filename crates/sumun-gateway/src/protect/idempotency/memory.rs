@@ -2,6 +2,11 @@
 //! with its own lifetime, bounded to `max_keys` entries. Every transition is one
 //! `and_compute_with` on the key, which moka serializes per key, so claiming is an atomic
 //! insert-if-absent and only the claim's owner can complete or release it.
+//!
+//! Entries are weighed in units of `WEIGHT_UNIT` bytes of record (a marker or a small record
+//! weighs 1) against a capacity of `max_keys`: at most `max_keys` keys, and at most about
+//! `max_keys × 4 KiB` of records however large the responses, rather than `max_keys ×
+//! max_body`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -9,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::record::{Fingerprint, Record, Slot};
@@ -62,10 +68,16 @@ static SHARED: LazyLock<Mutex<HashMap<String, Weak<MemoryStore>>>> = LazyLock::n
 
 impl MemoryStore {
     pub fn new(max_keys: u64) -> Self {
-        MemoryStore {
-            cache: Cache::builder().max_capacity(max_keys).expire_after(Lifetimes).build(),
-            max_keys,
-        }
+        // LRU, not TinyLFU: every key is new and used about once, and frequency-based
+        // admission would refuse new markers once the map is full, leaving new keys
+        // unprotected. The oldest records go first.
+        let cache = Cache::builder()
+            .max_capacity(max_keys)
+            .weigher(weight)
+            .eviction_policy(EvictionPolicy::lru())
+            .expire_after(Lifetimes)
+            .build();
+        MemoryStore { cache, max_keys }
     }
 
     /// The store of route `route`: the one a previous configuration built when it is still
@@ -118,6 +130,21 @@ impl MemoryStore {
     #[cfg(test)]
     pub fn get(&self, key: &Key) -> Option<Slot> {
         self.cache.get(key).map(|e| e.slot)
+    }
+}
+
+/// Bytes of record per unit of weight.
+const WEIGHT_UNIT: usize = 4096;
+
+fn weight(_key: &Key, e: &Entry) -> u32 {
+    match &e.slot {
+        Slot::InFlight { .. } => 1,
+        Slot::Done(r) => {
+            let fields: usize = r.headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+            let trailers: usize =
+                r.trailers.iter().flat_map(|t| t.iter()).map(|(n, v)| n.as_str().len() + v.len()).sum();
+            u32::try_from((r.body.len() + fields + trailers) / WEIGHT_UNIT + 1).unwrap_or(u32::MAX)
+        }
     }
 }
 
@@ -209,6 +236,43 @@ mod tests {
         }
         s.cache.run_pending_tasks();
         assert!(s.cache.entry_count() <= 10, "{} entries", s.cache.entry_count());
+    }
+
+    #[test]
+    fn large_records_weigh_more() {
+        let s = MemoryStore::new(10);
+        let a = Bytes::from_static(b"a");
+        for i in 0..20u8 {
+            let mut k = [0; 32];
+            k[0] = i;
+            s.claim(k, &a, [0; 32], LONG);
+            let mut r = (*record([0; 32])).clone();
+            r.body = Bytes::from(vec![b'x'; 3 * WEIGHT_UNIT]);
+            s.complete(k, &a, Arc::new(r), LONG);
+        }
+        s.cache.run_pending_tasks();
+        // Each record weighs 4: at most two fit in a capacity of 10.
+        assert!(s.cache.entry_count() <= 2, "{} entries", s.cache.entry_count());
+        assert!(s.cache.weighted_size() <= 10);
+    }
+
+    #[test]
+    fn a_full_store_admits_new_keys() {
+        let s = MemoryStore::new(50);
+        let a = Bytes::from_static(b"a");
+        let key = |i: u16| {
+            let mut k = [0; 32];
+            k[..2].copy_from_slice(&i.to_be_bytes());
+            k
+        };
+        for i in 0..500 {
+            assert!(matches!(s.claim(key(i), &a, [0; 32], LONG), Claimed::Won));
+            assert!(s.complete(key(i), &a, record([0; 32]), LONG));
+            s.cache.run_pending_tasks();
+            // The newest record is kept; the oldest make room.
+            assert!(matches!(s.get(&key(i)), Some(Slot::Done(_))), "record {i} was not admitted");
+        }
+        assert!(s.get(&key(0)).is_none());
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! an error before the target answered, a 5xx, a body over `max_body`, a body that failed —
 //! releases the marker, and the marker has its own expiry (`IN_FLIGHT_LIFETIME`) in case the
 //! process dies holding it in a shared store. A 5xx is not stored: the draft leaves it to the
-//! server, and a retry of a failed request should get another chance.
+//! server, and a retry of a failed request should get another chance. A client that goes
+//! away mid-response does not release the key: the upstream did the work, so the rest of the
+//! body is read without the client (bounded in size and time) and the record is written.
 //!
 //! What a replay carries: every end-to-end header of the original, `Set-Cookie` and `Date`
 //! included — a client that lost the first answer must get the same answer (the session it
@@ -26,6 +28,10 @@
 //! With `store = "redis"`, Redis being unavailable refuses keyed requests with 503 and
 //! `Retry-After` rather than running them unprotected: the route's owner asked that these
 //! requests never run twice, and a client that sent a key is prepared to retry.
+//!
+//! `sumun_idempotency_total{route,result}`: `stored`, `replayed`, `conflict` (409),
+//! `mismatch` (422), `skipped` (a covered method without a key, or a response not kept: 5xx,
+//! over `max_body`, failed, or its marker lost to expiry or eviction).
 
 mod body;
 mod memory;
@@ -264,17 +270,24 @@ impl Claim {
         let shared = self.shared.clone();
         match &self.shared.store {
             Store::Memory(m) => {
-                if m.complete(self.key, &self.token, record, self.shared.ttl) {
-                    self.shared.metrics.stored.increment(1);
-                }
+                // Not ours any more: the marker expired or was evicted meanwhile.
+                let m = if m.complete(self.key, &self.token, record, self.shared.ttl) {
+                    &self.shared.metrics.stored
+                } else {
+                    &self.shared.metrics.skipped
+                };
+                m.increment(1);
                 None
             }
             Store::Redis(r) => {
                 let (r, key, token) = (r.clone(), self.key, self.token.clone());
                 Some(Box::pin(async move {
-                    if r.complete(&key, &token, &record, shared.ttl).await {
-                        shared.metrics.stored.increment(1);
-                    }
+                    let m = if r.complete(&key, &token, &record, shared.ttl).await {
+                        &shared.metrics.stored
+                    } else {
+                        &shared.metrics.skipped
+                    };
+                    m.increment(1);
                 }))
             }
             Store::Missing => None,
