@@ -356,7 +356,8 @@ fn passport(cx: &mut Ctx<'_, '_>, p: &RawPassport) -> Passport {
     let ttl = cx.duration(&p.ttl, d.ttl, "`passport.ttl`", true);
     let issuer = p.issuer.as_ref().map_or(d.issuer, |i| i.get_ref().clone());
     let audience = p.audience.as_ref().map(|a| a.get_ref().clone());
-    Passport { signing_key, header, ttl, issuer, audience }
+    let bind_request = p.bind_request.as_ref().is_some_and(|b| *b.get_ref());
+    Passport { signing_key, header, ttl, issuer, audience, bind_request }
 }
 
 /// `100/s`, `6000/m`, `10/10s`: a count and a window.

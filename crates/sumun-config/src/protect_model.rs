@@ -103,6 +103,10 @@ pub struct Passport {
     pub issuer: String,
     /// `aud` of the passport; None = not set.
     pub audience: Option<String>,
+    /// true: every request gets its own passport carrying its request id (`rid`) and a
+    /// unique `jti` (one signature per request). false: a passport is signed once per
+    /// verified credential and reused for up to half its `ttl`, without `rid`.
+    pub bind_request: bool,
 }
 
 impl Default for Passport {
@@ -113,6 +117,7 @@ impl Default for Passport {
             ttl: Duration::from_secs(60),
             issuer: "sumun".into(),
             audience: None,
+            bind_request: false,
         }
     }
 }

@@ -516,6 +516,7 @@ pub(crate) struct RawPassport {
     pub ttl: Option<S<String>>,
     pub issuer: Option<S<String>>,
     pub audience: Option<S<String>>,
+    pub bind_request: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
