@@ -291,6 +291,24 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs one command with redis-cli; its raw output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The remaining lifetime (ms) of the only idempotency key in Redis.
+    fn only_key_pttl(&self) -> i64 {
+        let keys = self.cli(&["--scan", "--pattern", "sumun:idem:*"]);
+        let keys: Vec<&str> = keys.lines().collect();
+        assert_eq!(keys.len(), 1, "idempotency keys: {keys:?}");
+        self.cli(&["pttl", keys[0]]).parse().unwrap()
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -354,6 +372,9 @@ fn redis_store_replays_across_instances_and_refuses_when_down() {
 
     let first = post(&a.url("web", "/orders"), Some("shared-1"), r#"{"n":1}"#);
     assert_eq!((first.status, first.text().as_str()), (201, r#"{"id":42}"#));
+    // The record lives for the route's ttl (1h).
+    let pttl = redis.only_key_pttl();
+    assert!((3_500_000..=3_600_000).contains(&pttl), "record pttl {pttl}");
     // The other instance answers from the record the first one wrote.
     let again = post(&b.url("web", "/orders"), Some("shared-1"), r#"{"n":1}"#);
     assert_eq!((again.status, again.text().as_str()), (201, r#"{"id":42}"#));
@@ -380,6 +401,14 @@ fn redis_store_replays_across_instances_and_refuses_when_down() {
     let busy = post(&d.url("web", "/orders"), Some("shared-2"), "{}");
     assert_problem(&busy, 409);
     assert_eq!(busy.header("retry-after"), Some("1"));
+    // The in-flight marker has its own, short expiry: an instance that dies holding it does
+    // not block the key for the record's ttl.
+    let markers: Vec<i64> = redis
+        .cli(&["--scan", "--pattern", "sumun:idem:*"])
+        .lines()
+        .map(|k| redis.cli(&["pttl", k]).parse().unwrap())
+        .collect();
+    assert!(markers.iter().any(|p| (1..=300_000).contains(p)), "marker pttls {markers:?}");
     gate.open();
     assert_eq!(slow.join().unwrap().text(), "slow answer");
     let replay = post(&d.url("web", "/orders"), Some("shared-2"), "{}");
