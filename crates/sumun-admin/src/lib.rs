@@ -2,10 +2,13 @@
 //! is bound), Prometheus metrics (`/metrics`), the read-only state of upstream pools
 //! (`GET /v1/upstreams`), the identity passport's public keys
 //! (`GET /v1/passport/jwks.json`), and the HTTP cache (`GET /v1/cache`,
-//! `POST /v1/cache/purge`). It serves operators, never client traffic, and binds to
+//! `POST /v1/cache/purge`), and the topics API (`/v1/topics…`, `/v1/subscriptions…`: publish,
+//! lag, pull delivery, the DLQ). It serves operators, never client traffic, and binds to
 //! loopback by default.
 
 #![forbid(unsafe_code)]
+
+mod bus;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +44,9 @@ pub struct AdminState {
     pub cache: Snapshot,
     /// `POST /v1/cache/purge`.
     pub cache_purge: CachePurge,
+    /// Topics, subscriptions, pull delivery and the DLQ (`/v1/topics…`, `/v1/subscriptions…`);
+    /// None when the process runs no bus.
+    pub bus: Option<Arc<sumun_bus::Bus>>,
 }
 
 /// The admin routes.
@@ -53,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/passport/jwks.json", get(passport_jwks))
         .route("/v1/cache", get(cache))
         .route("/v1/cache/purge", axum::routing::post(cache_purge))
+        .merge(bus::routes())
         .with_state(state)
 }
 

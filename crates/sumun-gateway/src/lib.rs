@@ -22,6 +22,7 @@ pub mod router;
 pub mod runtime;
 mod server;
 mod tls;
+mod topic;
 
 pub use access_log::AccessLogger;
 pub use runtime::{BuildError, Runtime};

@@ -274,6 +274,9 @@ async fn run_target(
             res
         }
         Action::Echo => echo(parts, body, normalized, ctx).await?,
+        Action::Topic(topic) => {
+            crate::topic::publish(runtime.bus.as_deref(), topic, parts, body, normalized, ex).await?
+        }
         Action::Upstream(pool) => {
             // The cache keys on the URL as the client addressed it, before any rewrite.
             let cached = match (&route.cache, &runtime.cache) {
@@ -310,6 +313,7 @@ async fn run_target(
         }
     })
 }
+
 /// The upstream's response as the client gets it: hop-by-hop fields out, our Via in, HTTP/1.1
 /// framing; and the sticky-session cookie to add (kept apart so a cache never stores it).
 fn upstream_response(

@@ -31,6 +31,8 @@ pub enum Action {
     Respond { status: StatusCode, body: Bytes, headers: Vec<(HeaderName, HeaderValue)> },
     Redirect { status: StatusCode, location: HeaderValue },
     Echo,
+    /// Publish to the topic of this name on `Runtime::bus`.
+    Topic(Arc<str>),
 }
 
 /// Header edits with names and values parsed once.
@@ -132,6 +134,9 @@ pub struct Runtime {
     /// The shared HTTP cache, when a route caches; carried over by reloads (a new, empty one
     /// only when `[cache] memory` changed).
     pub cache: Option<sumun_cache::Cache>,
+    /// The message bus (topics, subscriptions). Built once per process and carried over by
+    /// every reload; None while only checking a config.
+    pub bus: Option<Arc<sumun_bus::Bus>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +218,7 @@ impl Runtime {
                             .unwrap_or_else(|_| HeaderValue::from_static("/")),
                     },
                     Target::Echo => Action::Echo,
+                    Target::Topic { name, .. } => Action::Topic(Arc::from(name.as_str())),
                 };
                 CompiledRoute {
                     matcher: Matcher::compile(&r.listeners, &r.matcher),
@@ -252,7 +258,14 @@ impl Runtime {
             forward,
             policies,
             cache,
+            bus: previous.and_then(|p| p.bus.clone()),
         })
+    }
+
+    /// Attaches the process's message bus (reloads carry it over from the previous runtime).
+    pub fn with_bus(mut self, bus: Option<Arc<sumun_bus::Bus>>) -> Self {
+        self.bus = bus;
+        self
     }
 
     /// Every upstream pool's live state, for `GET /v1/upstreams`.

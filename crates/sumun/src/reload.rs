@@ -53,6 +53,10 @@ impl Reloader {
             tracing::warn!("access_log changes take effect at the next restart");
         }
         let next = Runtime::build(loaded.config, Some(&current)).map_err(|e| vec![e.to_string()])?;
+        // New topics open and changed subscriptions restart before the new runtime serves.
+        if let Some(bus) = &next.bus {
+            bus.reconfigure(&next.config).await.map_err(|e| vec![e.to_string()])?;
+        }
         self.gateway.reload(next).await.map_err(|e| vec![e.to_string()])
     }
 }

@@ -77,9 +77,15 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let access_log = AccessLogger::start(&config.access_log).context("opening the access log")?;
     let admin_cfg = config.admin.clone();
     let grace = config.shutdown_grace;
-    let runtime = Runtime::build(config, None)?;
+    // The bus (topics' logs and metadata) lives as long as the process; reloads reconfigure it.
+    let bus = sumun_bus::Bus::open(&config).await.context("opening the topics")?;
+    let runtime = Runtime::build(config, None)?.with_bus(Some(bus.clone()));
     let gateway = Gateway::new(runtime, access_log);
     gateway.start().await?;
+    let gw = gateway.clone();
+    let pools: sumun_bus::PoolResolver =
+        Arc::new(move |name| gw.runtime().pools.iter().find(|p| &*p.name == name).cloned());
+    bus.start(&gateway.runtime().config, pools).await.context("starting the subscriptions")?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -102,6 +108,7 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 passport_jwks,
                 cache,
                 cache_purge,
+                bus: Some(bus.clone()),
             };
             let stop = async move {
                 let _ = admin_stop_rx.await;
@@ -146,6 +153,9 @@ async fn serve(config_path: &Path) -> anyhow::Result<()> {
     } else {
         tracing::info!("all connections drained");
     }
+    // Subscriptions stop (running attempts get a few seconds), logs flush, metadata syncs.
+    bus.shutdown().await;
+    tracing::info!("topics closed");
     let _ = admin_stop_tx.send(());
     if let Some(t) = admin_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
