@@ -156,7 +156,7 @@ pub struct LogStats {
     pub start_offset: u64,
     pub end_offset: u64,
     pub segments: usize,
-    /// Bytes of all retained segment files.
+    /// Bytes of retained records (the files may hold up to 512 KiB of preallocated zeros more).
     pub bytes: u64,
     /// Calls to `append` that succeeded.
     pub appends: u64,

@@ -524,7 +524,7 @@ async fn group_commit_shares_fsyncs_among_concurrent_appends() {
     );
     // Every batch is one fsync; with 64 publishers most batches carry many appends.
     assert_eq!(stats.fsyncs, stats.batches);
-    assert!(per_append < 0.25, "{per_append} fsyncs per append");
+    assert!(per_append < 0.5, "{per_append} fsyncs per append");
 }
 
 #[tokio::test]
