@@ -121,6 +121,13 @@ impl http_body::Body for FillBody {
                     // Too big to keep: the waiters go upstream themselves.
                     this.fill.take();
                 }
+                // A body of known length ends with its last byte: store before the client
+                // sees the end, so its next request is a hit.
+                if this.inner.as_ref().is_some_and(|b| b.is_end_stream())
+                    && let Some(fill) = this.fill.take()
+                {
+                    fill.complete();
+                }
             }
             Poll::Ready(None) => {
                 *this.inner = None;

@@ -170,7 +170,7 @@ fn gateway_timeout() -> Response<Body> {
 
 fn hit(entry: &Arc<Stored>, req: &Req, now: SystemTime, status: &CacheStatus) -> Response<Body> {
     let mut res = respond::from_stored(entry, &req.head.method, &req.head.headers, now);
-    mark(&mut res, &status);
+    mark(&mut res, status);
     res
 }
 
@@ -287,7 +287,7 @@ async fn revalidate(
         return Ok(response);
     }
     let status = CacheStatus::fwd(fwd);
-    admit(inner, route, req, res, guard, status, (request_time, now))
+    admit(inner, route, req, res, guard, status, (request_time, now), true)
 }
 
 fn serve_stale_on_error(
@@ -331,7 +331,8 @@ async fn fetch_with_fallback(
             Ok(_) => {}
         }
     }
-    admit(inner, route, req, result?, guard, status, (request_time, now))
+    let replaces = fallback.is_some();
+    admit(inner, route, req, result?, guard, status, (request_time, now), replaces)
 }
 
 async fn fetch(
@@ -346,7 +347,8 @@ async fn fetch(
 }
 
 /// A full response from the origin: stored while it streams to the client when the policy
-/// allows, passed through otherwise.
+/// allows, passed through otherwise. `replaces`: it answers the revalidation of a stored one.
+#[allow(clippy::too_many_arguments)]
 fn admit(
     inner: &Arc<Inner>,
     route: &Arc<RoutePolicy>,
@@ -355,6 +357,7 @@ fn admit(
     guard: Option<FillGuard>,
     mut status: CacheStatus,
     times: (SystemTime, SystemTime),
+    replaces: bool,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = res.into_parts();
     status.fwd_status = Some(parts.status.as_u16());
@@ -370,8 +373,8 @@ fn admit(
         evaluate(route, &req.head, parts.status, &parts.headers, times)
     };
     let Storable::Yes(freshness) = decision else {
-        // The stored response, if any, is outdated by this one.
-        if parts.status.as_u16() < 500 {
+        // A stored response this one was revalidating is outdated by it.
+        if replaces && !req.authorized && parts.status.as_u16() < 500 {
             inner.store.remove(req.key.hash);
         }
         drop(guard);
