@@ -18,8 +18,8 @@ use crate::push::{PoolResolver, PushTarget};
 use crate::subscription::SubscriptionRuntime;
 use crate::topic::{PublishError, PublishRequest, Published, TopicRuntime};
 
-/// How often retention and dedup expiry run.
-const UPKEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often retention and dedup expiry run (both cheap when there is nothing to do).
+const UPKEEP_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping subscription waits for its running attempts.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -237,7 +237,7 @@ impl Bus {
         }
     }
 
-    /// Runs retention now (tests and operators; it also runs every 10 s).
+    /// Runs retention and dedup expiry now (they also run every 2 s).
     pub async fn enforce_retention(&self) {
         self.upkeep().await;
     }

@@ -45,6 +45,16 @@ pub enum Command {
         #[command(subcommand)]
         command: PassportCommand,
     },
+    /// Topics: publish a message through the admin API.
+    Topic {
+        #[command(subcommand)]
+        command: crate::bus_cli::TopicCommand,
+    },
+    /// A subscription's dead-letter queue: list, show, redrive.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::bus_cli::DlqCommand,
+    },
     /// Print the version.
     Version,
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bus_cli;
 mod cli;
 mod reload;
 mod serve;
@@ -26,6 +27,8 @@ fn main() -> std::process::ExitCode {
         cli::Command::Passport { command: cli::PassportCommand::Keygen { out } } => {
             cli::passport_keygen(&out)
         }
+        cli::Command::Topic { command } => bus_cli::topic(command),
+        cli::Command::Dlq { command } => bus_cli::dlq(command),
         cli::Command::Serve { config, threads } => match serve::run(&config, threads) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -46,6 +46,13 @@ impl Lines {
         });
     }
 
+    /// Lines another process writes to `r` (its stdout), read by a background thread.
+    pub fn from_reader(r: impl std::io::Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        lines.spawn_reader(r);
+        lines
+    }
+
     /// Every line so far.
     pub fn all(&self) -> Vec<String> {
         self.0.0.lock().unwrap().lines.clone()
