@@ -318,6 +318,9 @@ async fn fetch_with_fallback(
     let request_time = SystemTime::now();
     let mut up = clone_head(&req.head);
     respond::take_conditionals(&mut up.headers);
+    // A HEAD that must refetch asks for the whole response, so what is stored has its body
+    // (the client still gets only the head).
+    up.method = Method::GET;
     let result = origin.send(up).await;
     let now = SystemTime::now();
     if let Some(entry) = &fallback

@@ -548,3 +548,18 @@ async fn ranges_are_cut_from_a_stored_complete_response() {
     get(&c, &r, &m, "/r", &[("range", "bytes=0-1"), ("if-range", "\"old\"")]).await;
     assert_eq!(m.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_head_refetch_stores_the_whole_get_response() {
+    let (c, r) = (cache(), route());
+    // No validators: a stale entry is refetched in full, also for a HEAD.
+    let m = Mock::new(Duration::ZERO, |h, n| {
+        assert_eq!(h.method, Method::GET, "the refetch is a GET");
+        Ok(response(200, &[("cache-control", "max-age=0, stale-if-error=60")], &format!("body{n}")))
+    });
+    get(&c, &r, &m, "/hd", &[]).await;
+    let (s, _, b) = send(&c, &r, &m, "HEAD", "/hd", &[]).await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, "body2"), "the origin's GET body (hyper drops it for HEAD)");
+    let (_, _, b) = get(&c, &r, &m, "/hd", &[("cache-control", "max-stale")]).await;
+    assert_eq!(b, "body2", "the stored copy has its body");
+}
