@@ -55,7 +55,8 @@ pub struct LogConfig {
     /// `max_pending_wait`, then fails with [`LogError::Busy`]; one append larger than it is
     /// refused with [`LogError::RecordTooLarge`].
     pub max_pending_bytes: u64,
-    /// How long an append waits for room in the queue before [`LogError::Busy`].
+    /// How long an append waits for room in the queue before [`LogError::Busy`] (zero: not
+    /// at all).
     pub max_pending_wait: Duration,
     /// How long a queued append waits to be committed (written, and fsynced under `Fsync`)
     /// before [`LogError::TimedOut`]: a bound on a sick disk, not a tuning knob.
@@ -362,15 +363,19 @@ impl PartitionLog {
         // `bytes` ≤ max_pending_bytes ≤ 1 GiB, so it fits the permit count.
         let wanted = u32::try_from(bytes)
             .map_err(|_| LogError::RecordTooLarge { size: bytes, max: cfg.max_pending_bytes })?;
-        let permit = match tokio::time::timeout(
-            cfg.max_pending_wait,
-            Arc::clone(&self.permits).acquire_many_owned(wanted),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => return Err(LogError::Closed),
-            Err(_elapsed) => return Err(LogError::Busy),
+        let permits = Arc::clone(&self.permits);
+        let permit = if cfg.max_pending_wait.is_zero() {
+            match permits.try_acquire_many_owned(wanted) {
+                Ok(permit) => permit,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(LogError::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => return Err(LogError::Busy),
+            }
+        } else {
+            match tokio::time::timeout(cfg.max_pending_wait, permits.acquire_many_owned(wanted)).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_closed)) => return Err(LogError::Closed),
+                Err(_elapsed) => return Err(LogError::Busy),
+            }
         };
         let (reply, answer) = oneshot::channel();
         let pending = Pending { records, bytes, reply, _permit: permit };

@@ -228,8 +228,8 @@ async fn a_full_queue_answers_busy_without_queueing() {
     cfg.max_pending_bytes = 2000;
     cfg.max_pending_wait = Duration::ZERO;
     let log = open(&cfg).await;
-    // The first append takes the whole budget until its fsync is done; the second, polled
-    // right after, finds no room and must not wait.
+    // The first append takes the whole budget until it is written; the second, polled right
+    // after, finds no room and must not wait.
     let (a, b) = tokio::join!(log.append(vec![rec(0, 1900)]), log.append(vec![rec(1, 1900)]));
     assert_eq!(a.unwrap(), vec![0]);
     assert!(matches!(b, Err(LogError::Busy)), "{b:?}");
@@ -687,6 +687,56 @@ async fn disk_full_fails_the_append_leaves_nothing_half_written_and_recovers() {
         assert_records(&read_all(&log, 0, 10).await, 0, 40 * 1024);
         log.close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_under_concurrent_appends_keeps_acknowledged_records_gap_free() {
+    let Some(fs) = Tmpfs::mount() else {
+        eprintln!("skipping: cannot mount a small tmpfs (not root)");
+        return;
+    };
+    let cfg = cfg(fs.0.path());
+    let filler = fs.0.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 128 * 1024]).unwrap();
+    let log = open(&cfg).await;
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..1000u64 {
+                match log.append(vec![rec(t * 10_000 + i, 8 * 1024)]).await {
+                    Ok(o) => acked.push((o[0], t * 10_000 + i)),
+                    Err(LogError::DiskFull) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = std::collections::BTreeMap::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let n = acked.len() as u64;
+    assert!(n > 20, "{n}");
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (0..n).collect::<Vec<_>>(),
+        "acknowledged offsets gap-free"
+    );
+    assert_eq!(log.end_offset(), n, "nothing unacknowledged became visible");
+    let all = read_all(&log, 0, 50).await;
+    for s in &all {
+        assert_eq!(s.record, rec(acked[&s.offset], 8 * 1024));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(log.append(vec![rec(1, 8 * 1024)]).await.unwrap(), vec![n]);
+    log.close().await.unwrap();
+    drop(log);
+    let log = wait_open(&cfg).await;
+    assert_eq!(log.end_offset(), n + 1);
+    log.close().await.unwrap();
 }
 
 #[tokio::test]
