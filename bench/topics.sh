@@ -120,8 +120,10 @@ to = { topic = "bench" }
 match = { path = "/lat" }
 to = { topic = "lat" }
 EOF
-# Attempt lines are info-level (one per delivery): warn keeps the log out of the measurement.
-start_group "$PROXY_CPU" "$WORK/sumun.log" "$SUMUN_BIN" --log-level warn serve -c "$WORK/sumun.toml"
+# One worker thread on its core (DESIGN.md §7; two threads on one core only add context
+# switches). Attempt lines are info-level (one per delivery): warn keeps the log out of the
+# measurement.
+start_group "$PROXY_CPU" "$WORK/sumun.log" "$SUMUN_BIN" --log-level warn serve -c "$WORK/sumun.toml" --threads 1
 SUMUN_PG=$LAST_PGID
 for _ in $(seq 200); do curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
 curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { cat "$WORK/sumun.log" >&2; die "sumun did not become ready"; }

@@ -455,13 +455,14 @@ impl SubscriptionRuntime {
                     lease: None,
                     history: Vec::new(),
                 };
-                ops.push(Op::PutPending {
-                    sub: self.cfg.name.clone(),
-                    partition: p,
-                    offset: s.offset,
-                    entry: meta.clone(),
-                });
-                if state.insert((p, s.offset), Entry { meta, state: EntryState::Waiting }) {
+                // A position already held (a redriven message) keeps its own state.
+                if state.insert((p, s.offset), Entry { meta: meta.clone(), state: EntryState::Waiting }) {
+                    ops.push(Op::PutPending {
+                        sub: self.cfg.name.clone(),
+                        partition: p,
+                        offset: s.offset,
+                        entry: meta,
+                    });
                     cache.put((p, s.offset), s.record);
                 }
             }
