@@ -261,6 +261,9 @@ struct Shared {
     counters: Counters,
     /// Holds the partition's `flock` for as long as anything uses the files.
     _lock: File,
+    /// Tests: how many of the next batch fsyncs fail (a seam for the failure path).
+    #[cfg(test)]
+    fail_syncs: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Debug, Default)]

@@ -81,6 +81,8 @@ pub(crate) fn recover(cfg: &LogConfig, dir: PathBuf) -> Result<Recovered, LogErr
         end_tx,
         counters: Counters::default(),
         _lock: lock,
+        #[cfg(test)]
+        fail_syncs: std::sync::atomic::AtomicU32::new(0),
     });
     let writer = WriterState::new(Arc::clone(&shared), active);
     Ok(Recovered { shared, writer })

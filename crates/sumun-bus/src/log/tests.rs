@@ -739,6 +739,66 @@ async fn disk_full_under_concurrent_appends_keeps_acknowledged_records_gap_free(
     log.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_fails_its_batch_and_those_after_it_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let log = open(&cfg).await;
+    append_n(&log, 0, 5, 100).await;
+    log.shared.fail_syncs.store(1, std::sync::atomic::Ordering::Release);
+    let mut tasks = Vec::new();
+    for t in 0..32u64 {
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..10u64 {
+                let id = 1000 + t * 100 + i;
+                match log.append(vec![rec(id, 100)]).await {
+                    Ok(o) => out.push(Ok((o[0], id))),
+                    Err(LogError::Io(e)) => out.push(Err(e.to_string())),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            out
+        }));
+    }
+    let mut acked = std::collections::BTreeMap::new();
+    let mut failed = 0;
+    for t in tasks {
+        for r in t.await.unwrap() {
+            match r {
+                Ok((offset, id)) => assert!(acked.insert(offset, id).is_none()),
+                Err(e) => {
+                    assert!(e.contains("injected"), "{e}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    eprintln!("injected fsync failure: {failed} appends failed, {} acknowledged", acked.len());
+    assert!(failed > 0, "the injected failure reached no append");
+    let n = 5 + acked.len() as u64;
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (5..n).collect::<Vec<_>>(),
+        "gap-free after the failure"
+    );
+    assert_eq!(log.end_offset(), n);
+    assert_records(&log.read(0, 5, 1 << 20).await.unwrap(), 0, 100);
+    for s in read_all(&log, 5, 64).await {
+        assert_eq!(s.record, rec(acked[&s.offset], 100));
+    }
+    log.close().await.unwrap();
+    let committed = log.stats().bytes;
+    assert_eq!(
+        std::fs::metadata(seg_path(&cfg, 0, "log")).unwrap().len(),
+        committed,
+        "nothing of the failed batches left"
+    );
+    drop(log);
+    assert_eq!(wait_open(&cfg).await.end_offset(), n);
+}
+
 #[tokio::test]
 async fn offsets_are_never_reused_after_reopen_even_with_tail_damage() {
     // What the crash test checks at scale, in miniature: acknowledged offsets keep their

@@ -656,7 +656,16 @@ async fn write(
     let job = (fsync && chunks.iter().any(|c| !c.durable)).then(|| {
         s.count_fsync();
         let segment = Arc::clone(&s.active);
-        tokio::task::spawn_blocking(move || segment.file.sync_data())
+        #[cfg(test)]
+        let inject =
+            shared.fail_syncs.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if inject {
+                return Err(io::Error::other("injected fsync failure"));
+            }
+            segment.file.sync_data()
+        })
     });
     if !fsync && !chunks.is_empty() {
         s.dirty = true;
