@@ -61,7 +61,8 @@ pub fn primary(t: &Target<'_>, parts: &[CacheKeyPart], ignore: &[String]) -> Pri
     let url = canonical_url(t, ignore);
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let host_end = t.scheme.len() + 3 + t.host.len();
-    let (origin, rest) = url.split_at(host_end.min(url.len()));
+    let (origin, rest) =
+        if url.is_char_boundary(host_end) { url.split_at(host_end) } else { (url.as_str(), "") };
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     for p in parts {
         // Every GET/HEAD maps to the GET entry; other methods are never looked up.

@@ -142,6 +142,9 @@ pub(crate) async fn serve(
                 } else {
                     None
                 };
+                if is_head {
+                    return head_update(inner, route, req, entry, origin).await;
+                }
                 let fwd = if req.directives.no_cache
                     || req.directives.max_age.is_some()
                     || req.directives.min_fresh.is_some()
@@ -288,6 +291,62 @@ async fn revalidate(
     }
     let status = CacheStatus::fwd(fwd);
     admit(inner, route, req, res, guard, status, (request_time, now), true)
+}
+
+/// §4.3.5: a HEAD for a stored response that needs validation goes upstream as HEAD; when
+/// its validators match the stored response, its fields update the stored one (like a 304);
+/// when they differ, the stored response is outdated and removed.
+async fn head_update(
+    inner: &Arc<Inner>,
+    route: &Arc<RoutePolicy>,
+    req: Req,
+    entry: Arc<Stored>,
+    origin: Arc<dyn Origin>,
+) -> Result<Response<Body>, ProxyError> {
+    let request_time = SystemTime::now();
+    let mut up = clone_head(&req.head);
+    respond::take_conditionals(&mut up.headers);
+    let result = origin.send(up).await;
+    let now = SystemTime::now();
+    let mut res = match result {
+        Err(e) if entry.freshness.stale_if_error_ok(now, &req.directives) => {
+            return Ok(serve_stale_on_error(inner, &entry, &req, now, e.status().as_u16()));
+        }
+        r => r?,
+    };
+    let mut status = CacheStatus::fwd(Fwd::Stale);
+    status.fwd_status = Some(res.status().as_u16());
+    if res.status() == StatusCode::OK && entry.status == StatusCode::OK {
+        if same_validators(&entry.headers, res.headers()) {
+            let merged = merge_update(&entry.headers, res.headers());
+            if let Storable::Yes(f) = evaluate(route, &req.head, entry.status, &merged, (request_time, now)) {
+                inner.store.insert(req.key.hash, &req.key.url, Arc::new(entry.with_headers(merged, f)));
+                status.stored = true;
+                status.ttl = Some(f.ttl_secs(now));
+            }
+        } else if !req.authorized {
+            inner.store.remove(req.key.hash);
+        }
+    }
+    mark(&mut res, &status);
+    Ok(res)
+}
+
+/// Whether a response describes the same representation as a stored one (§4.3.5): equal
+/// strong-or-weak `ETag`, else equal `Last-Modified`, else neither has a validator and the
+/// `Content-Length`s agree.
+fn same_validators(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
+    let get = |h: &HeaderMap, n: header::HeaderName| h.get(n).map(|v| v.as_bytes().to_vec());
+    match (get(stored, header::ETAG), get(fresh, header::ETAG)) {
+        (Some(a), Some(b)) => return a == b,
+        (Some(_), None) | (None, Some(_)) => return false,
+        (None, None) => {}
+    }
+    match (get(stored, header::LAST_MODIFIED), get(fresh, header::LAST_MODIFIED)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => get(stored, header::CONTENT_LENGTH) == get(fresh, header::CONTENT_LENGTH),
+        _ => false,
+    }
 }
 
 fn serve_stale_on_error(

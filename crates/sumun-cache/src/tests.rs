@@ -550,16 +550,35 @@ async fn ranges_are_cut_from_a_stored_complete_response() {
 }
 
 #[tokio::test]
-async fn a_head_refetch_stores_the_whole_get_response() {
+async fn a_head_response_updates_the_stored_get() {
     let (c, r) = (cache(), route());
-    // No validators: a stale entry is refetched in full, also for a HEAD.
     let m = Mock::new(Duration::ZERO, |h, n| {
-        assert_eq!(h.method, Method::GET, "the refetch is a GET");
-        Ok(response(200, &[("cache-control", "max-age=0, stale-if-error=60")], &format!("body{n}")))
+        if h.method == Method::HEAD {
+            let etag = if n == 2 { "\"a\"" } else { "\"b\"" };
+            return Ok(response(
+                200,
+                &[("cache-control", "max-age=60"), ("etag", etag), ("x-n", &n.to_string())],
+                "",
+            ));
+        }
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=0"), ("etag", "\"a\""), ("x-n", &n.to_string())],
+            "body",
+        ))
     });
-    get(&c, &r, &m, "/hd", &[]).await;
-    let (s, _, b) = send(&c, &r, &m, "HEAD", "/hd", &[]).await;
-    assert_eq!((s, b.as_str()), (StatusCode::OK, "body2"), "the origin's GET body (hyper drops it for HEAD)");
-    let (_, _, b) = get(&c, &r, &m, "/hd", &[("cache-control", "max-stale")]).await;
-    assert_eq!(b, "body2", "the stored copy has its body");
+    get(&c, &r, &m, "/head", &[]).await;
+    // Stale: the HEAD goes upstream; same ETag, so its fields freshen the stored GET.
+    let (s, h, _) = send(&c, &r, &m, "HEAD", "/head", &[]).await;
+    assert_eq!((s, &h["x-n"]), (StatusCode::OK, &HeaderValue::from_static("2")));
+    let (_, h, b) = get(&c, &r, &m, "/head", &[]).await;
+    assert_eq!((b.as_str(), &h["x-n"]), ("body", &HeaderValue::from_static("2")));
+    assert!(cache_status(&h).contains("hit"), "{}", cache_status(&h));
+    assert_eq!(m.calls(), 2);
+    // A HEAD whose validator differs marks the stored response outdated.
+    c.purge(&Purge::Url("http://example.com/head".into()));
+    get(&c, &r, &m, "/head", &[]).await;
+    send(&c, &r, &m, "HEAD", "/head", &[("cache-control", "no-cache")]).await;
+    let (_, h, _) = get(&c, &r, &m, "/head", &[]).await;
+    assert!(cache_status(&h).contains("fwd=uri-miss"), "{}", cache_status(&h));
 }
