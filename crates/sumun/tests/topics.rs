@@ -910,3 +910,49 @@ with open(sys.argv[1], "w") as f:
     f.write(f"{server.server_address[1]}\n")
 server.serve_forever()
 "#;
+
+#[test]
+fn a_reload_opens_new_topics_and_keeps_the_running_ones() {
+    let worker = Mock::start(Behavior::text("ok"));
+    let data = data_dir();
+    let sub = r#"
+[subscription.jobs]
+topic = "orders"
+deliver = { upstream = "worker", path = "/v1" }
+dead_letter = "dead"
+"#;
+    let first = config(data.path(), worker.endpoint(), &format!("{ORDERS}{sub}"));
+    let s = Sumun::start(&first);
+    assert_eq!(publish(&s.url("web", "/orders"), "before", &[]).status, 202);
+    worker.wait(Duration::from_secs(10), "the first delivery", |r| r.len() == 1);
+
+    // Add a topic with its route, and move the subscription's deliveries to another path.
+    let second = config(
+        data.path(),
+        worker.endpoint(),
+        &format!(
+            "{ORDERS}{}\n[topic.audit]\n[[route]]\nmatch = {{ path = \"/audit\" }}\nto = {{ topic = \"audit\" }}\n",
+            sub.replace("/v1", "/v2")
+        ),
+    );
+    let before = s.stderr.all().len();
+    std::fs::write(s.config_path(), &second).unwrap();
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(Duration::from_secs(10), "the reload", || {
+        let lines = s.stderr.all();
+        lines[before.min(lines.len())..].iter().any(|l| l.contains("configuration reloaded")).then_some(())
+    });
+    let audit = publish(&s.url("web", "/audit"), "new topic", &[]);
+    assert_eq!(audit.status, 202, "{}", audit.text());
+    assert_eq!(audit.json()["topic"], "audit");
+    assert_eq!(publish(&s.url("web", "/orders"), "after", &[]).status, 202);
+    let reqs = worker.wait(Duration::from_secs(10), "the second delivery", |r| r.len() >= 2);
+    assert_eq!(reqs[1].path, "/v2", "the restarted subscription uses its new settings");
+    assert_eq!(reqs[1].body, b"after");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(worker.count(), 2, "the restart did not deliver the first message again");
+    let topics = get_json(&admin_url(&s, "/v1/topics"));
+    let names: Vec<&str> =
+        topics["topics"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["audit", "dead", "orders"]);
+}
