@@ -132,6 +132,18 @@ impl Cache {
         serve::serve(&self.inner, route, target, head, origin).await
     }
 
+    /// Answers a GET or HEAD from a fresh stored response selected by the client's own
+    /// request head, before anything is prepared for the upstream (the hit path). None: call
+    /// [`Cache::serve`].
+    pub fn fresh_hit(
+        &self,
+        route: &RoutePolicy,
+        target: Target<'_>,
+        head: &http::request::Parts,
+    ) -> Option<Response<Body>> {
+        serve::fresh_hit(&self.inner, route, target, head)
+    }
+
     /// §4.4: after an unsafe request got a non-error response, the target URI and the
     /// same-origin `Location` / `Content-Location` URIs are invalidated.
     pub fn invalidate_after(

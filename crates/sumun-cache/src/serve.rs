@@ -30,6 +30,39 @@ struct Req {
     authorized: bool,
 }
 
+/// The fast path, tried before the request is prepared for the upstream: a fresh stored
+/// response (or one the request's `max-stale` accepts) selected by the client's own headers.
+/// None: go through [`serve`].
+pub(crate) fn fresh_hit(
+    inner: &Inner,
+    route: &RoutePolicy,
+    target: Target<'_>,
+    head: &Parts,
+) -> Option<Response<Body>> {
+    if head.headers.contains_key(header::RANGE) {
+        return None;
+    }
+    let directives = RequestDirectives::from_headers(&head.headers);
+    if directives.no_store {
+        return None;
+    }
+    let key = key::primary(&target, &route.key, &route.ignore_query);
+    let authorized = head.headers.contains_key(header::AUTHORIZATION);
+    let Found::Hit(entry) = inner.store.lookup(key.hash, &head.headers, authorized) else { return None };
+    let now = SystemTime::now();
+    let usable = freshness::usable(&entry.freshness, now, &directives);
+    if !matches!(usable, Usable::Fresh | Usable::StaleAccepted) {
+        return None;
+    }
+    if usable == Usable::StaleAccepted {
+        inner.metrics.stale_accepted.increment(1);
+    }
+    inner.metrics.hits.increment(1);
+    let mut res = respond::from_stored(&entry, &head.method, &head.headers, now);
+    mark(&mut res, &CacheStatus::hit(entry.freshness.ttl_secs(now)));
+    Some(res)
+}
+
 pub(crate) async fn serve(
     inner: &Arc<Inner>,
     route: &Arc<RoutePolicy>,

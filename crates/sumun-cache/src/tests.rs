@@ -582,3 +582,27 @@ async fn a_head_response_updates_the_stored_get() {
     let (_, h, _) = get(&c, &r, &m, "/head", &[]).await;
     assert!(cache_status(&h).contains("fwd=uri-miss"), "{}", cache_status(&h));
 }
+
+#[tokio::test]
+async fn the_fast_path_answers_only_fresh_hits() {
+    let (c, r) = (cache(), route());
+    let m = Mock::new(Duration::ZERO, |_, _| {
+        Ok(response(200, &[("cache-control", "max-age=60"), ("etag", "\"f\"")], "fast"))
+    });
+    assert!(c.fresh_hit(&r, target("/f"), &head("GET", "/f", &[])).is_none(), "a miss");
+    get(&c, &r, &m, "/f", &[]).await;
+    let res = c.fresh_hit(&r, target("/f"), &head("GET", "/f", &[])).expect("a fresh hit");
+    assert!(cache_status(res.headers()).starts_with("sumun; hit"));
+    let res =
+        c.fresh_hit(&r, target("/f"), &head("GET", "/f", &[("if-none-match", "\"f\"")])).expect("a 304");
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    for h in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("range", "bytes=0-1"),
+        ("cache-control", "no-store"),
+    ] {
+        assert!(c.fresh_hit(&r, target("/f"), &head("GET", "/f", &[h])).is_none(), "{h:?}");
+    }
+    assert_eq!(m.calls(), 1);
+}

@@ -77,6 +77,23 @@ impl Origin for UpstreamOrigin {
     }
 }
 
+/// The hit path: a GET or HEAD answered from a fresh stored response, before the request is
+/// prepared for the upstream.
+pub(crate) fn fresh_hit(
+    cache: &Cache,
+    policy: &RoutePolicy,
+    key: &KeyParts,
+    parts: &Parts,
+    ex: &mut Exchange,
+) -> Option<Response<Body>> {
+    if !Cache::handles(&parts.method, &parts.headers) {
+        return None;
+    }
+    let res = cache.fresh_hit(policy, key.target(), parts)?;
+    ex.cache = res.extensions().get::<Outcome>().map(|o| o.0);
+    Some(res)
+}
+
 /// A caching route's upstream target.
 pub(crate) async fn run(
     cache: &Cache,
@@ -124,14 +141,23 @@ pub(crate) fn purge_request(
     let allowed = &runtime.config.cache.purge_from;
     if allowed.is_empty() {
         ex.error = Some("purge_not_accepted");
-        let mut res = problem_response(StatusCode::METHOD_NOT_ALLOWED, "PURGE is not accepted here", Some(&ex.request_id));
-        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        let mut res = problem_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "PURGE is not accepted here",
+            Some(&ex.request_id),
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         return res;
     }
     let peer = ctx.peer.map(|p| p.ip());
     if !peer.is_some_and(|ip| allowed.iter().any(|c| c.contains(ip))) {
         ex.error = Some("purge_denied");
-        return problem_response(StatusCode::FORBIDDEN, "PURGE is not allowed from this address", Some(&ex.request_id));
+        return problem_response(
+            StatusCode::FORBIDDEN,
+            "PURGE is not allowed from this address",
+            Some(&ex.request_id),
+        );
     }
     let key = KeyParts::of(parts, normalized, ctx.tls);
     let url = sumun_cache::key::canonical_url(&key.target(), &policy.ignore_query);

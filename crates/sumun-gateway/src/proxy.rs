@@ -284,7 +284,12 @@ async fn run_target(
                     if parts.method.as_str() == "PURGE" {
                         return Ok(crate::cache::purge_request(cache, policy, &parts, normalized, ctx, runtime, ex));
                     }
-                    Some((cache, policy, crate::cache::KeyParts::of(&parts, normalized, ctx.tls)))
+                    let key = crate::cache::KeyParts::of(&parts, normalized, ctx.tls);
+                    // A fresh hit is answered before anything is prepared for the upstream.
+                    if let Some(res) = crate::cache::fresh_hit(cache, policy, &key, &parts, ex) {
+                        return Ok(res);
+                    }
+                    Some((cache, policy, key))
                 }
                 _ => None,
             };
