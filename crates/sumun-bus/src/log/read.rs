@@ -66,7 +66,13 @@ impl Plan {
                 reason: reason.to_owned(),
             };
             if next < seg.base {
-                let e = damage(next, 0, "offsets missing between segments");
+                let e = LogError::Corrupt {
+                    offset: next,
+                    path: seg.path.clone(),
+                    position: 0,
+                    skip_to: seg.base,
+                    reason: "offsets missing between segments".to_owned(),
+                };
                 return if out.is_empty() { Err(e) } else { Ok(out) };
             }
             let limit = seg.committed_len();

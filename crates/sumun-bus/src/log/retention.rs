@@ -20,8 +20,13 @@ pub(crate) fn enforce(shared: &Shared, now_ms: u64) -> Result<RetentionReport, L
         let mut list = shared.segments_mut();
         let mut total: u64 = list.iter().map(|s| s.committed_len()).sum();
         let mut count = 0;
-        // Never the active (last) segment.
-        for seg in list.iter().take(list.len().saturating_sub(1)) {
+        let end = shared.end_offset.load(Ordering::Acquire);
+        // Never the active (last) segment, nor one whose last records are not published yet
+        // (sealed by a roll whose batch still waits for its fsync).
+        for (i, seg) in list.iter().enumerate().take(list.len().saturating_sub(1)) {
+            if list.get(i + 1).is_none_or(|next| next.base > end) {
+                break;
+            }
             let too_old = expired_before.is_some_and(|t| seg.max_timestamp.load(Ordering::Acquire) < t);
             let too_big = cfg.retention_bytes.is_some_and(|max| total > max);
             if !too_old && !too_big {

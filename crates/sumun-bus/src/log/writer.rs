@@ -444,16 +444,17 @@ fn publish(shared: &Shared, run: Written) {
     seg.max_timestamp.fetch_max(run.max_ts, Ordering::AcqRel);
     seg.next_offset.store(run.next_offset, Ordering::Release);
     seg.committed_len.store(run.end_pos, Ordering::Release);
-    shared.publish_end(run.next_offset);
-    let c = &shared.counters;
-    c.batches.fetch_add(1, Ordering::Relaxed);
-    c.records.fetch_add(run.records, Ordering::Relaxed);
+    // Before the watermark moves: retention only deletes segments below it.
     if run.seals
         && let Err(e) = seg.write_index()
     {
         // Not fatal: an index is rebuilt by scanning when it is missing or stale.
         tracing::warn!(segment = %seg.path.display(), error = %e, "could not write segment index");
     }
+    shared.publish_end(run.next_offset);
+    let c = &shared.counters;
+    c.batches.fetch_add(1, Ordering::Relaxed);
+    c.records.fetch_add(run.records, Ordering::Relaxed);
 }
 
 /// Runs `f` on the state on a blocking thread and gives the state back. `None` if the
