@@ -6,9 +6,13 @@
 //! `[len u32][crc32c u32][version u8][offset u64][timestamp u64][key][headers][value]`, so a
 //! torn or corrupt record is detected on read and at recovery. One writer task per partition
 //! owns the files: it takes every append that is waiting, writes them in one `write`, and
-//! makes them durable with one `fdatasync` (group commit). Readers read the files directly,
-//! concurrently with the writer, up to the last committed record. The contract, in prose, is
+//! makes them durable with one `fdatasync` (group commit; a few batches' fsyncs overlap, and
+//! batches are published in order). Readers read the files directly, concurrently with the
+//! writer, up to the last committed record. The contract, in prose, is
 //! `crates/sumun-bus/LOG_API.md`.
+//!
+//! Modules: `record` (framing), `segment` (one file and its index), `recovery` (open),
+//! `writer` (appends, group commit, preallocation, rollback), `read`, `retention`.
 
 mod read;
 mod record;
