@@ -15,19 +15,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use sumun_bus::subscription::{LeaseAction, SubscriptionError, SubscriptionRuntime};
+use sumun_bus::pull_api::{self, param, query};
+use sumun_bus::subscription::{SubscriptionError, SubscriptionRuntime};
 use sumun_bus::{Bus, DeadFilter, PublishRequest};
 
 use crate::AdminState;
 
-/// Most messages one pull returns.
-const MAX_PULL: usize = 1000;
-/// Longest long-poll.
-const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Most dead letters one list returns.
 const MAX_LIST: usize = 1000;
-/// Largest JSON body of an ack/nack/extend/redrive call.
-const MAX_COMMAND_BYTES: u64 = 1024 * 1024;
 
 pub(crate) fn routes() -> Router<AdminState> {
     Router::new()
@@ -63,54 +58,6 @@ fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
 
 fn bus(s: &AdminState) -> Result<&Bus, ApiError> {
     s.bus.as_deref().ok_or_else(|| error(StatusCode::NOT_FOUND, "no topics are configured"))
-}
-
-/// `key=value` pairs of a query string (no percent-decoding needed for our parameters,
-/// but `%XX` and `+` are decoded anyway).
-fn query(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-fn duration(text: &str) -> Result<Duration, ApiError> {
-    // Plain seconds or a duration like `30s`, `250ms`.
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    sumun_config::units::parse_duration(text).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
 async fn topics(State(s): State<AdminState>) -> Answer {
@@ -197,35 +144,21 @@ fn sub_error(e: SubscriptionError) -> ApiError {
 /// `GET /v1/subscriptions/{name}/messages?max=N&wait=30s`.
 async fn pull(State(s): State<AdminState>, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Answer {
     let rt = sub(&s, &name)?;
-    let q = query(raw.as_deref());
-    let max = match param(&q, "max").map(str::parse::<usize>) {
-        None => 10,
-        Some(Ok(n)) if (1..=MAX_PULL).contains(&n) => n,
-        Some(_) => {
-            return Err(error(StatusCode::BAD_REQUEST, format!("`max` must be between 1 and {MAX_PULL}")));
-        }
-    };
-    let wait = match param(&q, "wait") {
-        None => Duration::ZERO,
-        Some(w) => duration(w)?.min(MAX_WAIT),
-    };
+    let (max, wait) = pull_api::pull_params(raw.as_deref()).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let msgs = rt.pull(max, wait).await.map_err(sub_error)?;
-    let list: Vec<Value> = msgs.iter().map(|m| m.to_json()).collect();
-    Ok(axum::Json(json!({ "messages": list })).into_response())
+    Ok(axum::Json(pull_api::pulled_json(&msgs)).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settle {
-    ack_ids: Vec<String>,
-    #[serde(default)]
-    delay: Option<String>,
-    #[serde(default)]
-    by: Option<String>,
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    Ok(http_body_util::Limited::new(body, pull_api::MAX_COMMAND_BYTES)
+        .collect()
+        .await
+        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large"))?
+        .to_bytes())
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
-    let bytes = http_body_util::Limited::new(body, MAX_COMMAND_BYTES as usize)
+    let bytes = http_body_util::Limited::new(body, pull_api::MAX_COMMAND_BYTES)
         .collect()
         .await
         .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large"))?
@@ -236,26 +169,11 @@ async fn read_json<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiErr
 
 async fn settle(s: AdminState, name: String, body: Body, kind: &str) -> Answer {
     let rt = sub(&s, &name)?;
-    let cmd: Settle = read_json(body).await?;
-    let action = match kind {
-        "ack" => LeaseAction::Ack,
-        "nack" => LeaseAction::Nack(cmd.delay.as_deref().map(duration).transpose()?),
-        _ => match cmd.by.as_deref() {
-            Some(by) => LeaseAction::Extend(duration(by)?),
-            None => return Err(error(StatusCode::BAD_REQUEST, "`extend` needs `by`, e.g. \"30s\"")),
-        },
-    };
-    let held = rt.settle(&cmd.ack_ids, action).await.map_err(sub_error)?;
-    let results: Vec<Value> = cmd
-        .ack_ids
-        .iter()
-        .zip(held)
-        .map(|(id, ok)| {
-            let why = if ok { Value::Null } else { json!("unknown or expired lease") };
-            json!({ "ack_id": id, "ok": ok, "error": why })
-        })
-        .collect();
-    Ok(axum::Json(json!({ "results": results })).into_response())
+    let bytes = read_body(body).await?;
+    let (ids, action) =
+        pull_api::settle_command(kind, &bytes).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let held = rt.settle(&ids, action).await.map_err(sub_error)?;
+    Ok(axum::Json(pull_api::settle_json(&ids, &held)).into_response())
 }
 
 async fn ack(State(s): State<AdminState>, Path(name): Path<String>, body: Body) -> Answer {
@@ -386,20 +304,5 @@ async fn dlq_redrive(State(s): State<AdminState>, Path(name): Path<String>, body
             Err(error(StatusCode::NOT_FOUND, format!("subscription `{name}`: {why}")))
         }
         Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_are_split_and_decoded() {
-        let q = query(Some("max=5&wait=30s&after=msg_%41+b&flag"));
-        assert_eq!(param(&q, "max"), Some("5"));
-        assert_eq!(param(&q, "wait"), Some("30s"));
-        assert_eq!(param(&q, "after"), Some("msg_A b"));
-        assert_eq!(param(&q, "flag"), Some(""));
-        assert_eq!(decode("%zz%4"), "%zz%4");
     }
 }

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod envelope;
 pub mod log;
 pub mod meta;
+pub mod pull_api;
 pub mod push;
 mod state;
 pub mod subscription;

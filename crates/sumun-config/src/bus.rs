@@ -663,6 +663,47 @@ pub(crate) fn check_target_topic(
     }
 }
 
+/// Every subscription's name and whether it is delivered by pull, for routes'
+/// `to = { subscription = … }`.
+pub(crate) fn subscription_kinds(raw: &RawConfig) -> Vec<(String, bool)> {
+    raw.subscription
+        .iter()
+        .flat_map(|t| &t.get_ref().0)
+        .map(|(n, s)| {
+            let pull = s.get_ref().deliver.as_ref().is_some_and(|d| {
+                let d = d.get_ref();
+                d.pull.as_ref().is_some_and(|p| *p.get_ref()) && d.upstream.is_none() && d.url.is_none()
+            });
+            (n.get_ref().clone(), pull)
+        })
+        .collect()
+}
+
+/// A route's `to = { subscription = … }`: it must name a pull subscription.
+pub(crate) fn check_target_subscription(
+    cx: &mut Ctx<'_, '_>,
+    raw: &S<String>,
+    what: &str,
+    subs: &[(String, bool)],
+) -> Option<String> {
+    match subs.iter().find(|(n, _)| n == raw.get_ref()) {
+        Some((n, true)) => Some(n.clone()),
+        Some((n, false)) => {
+            cx.error(
+                raw.span(),
+                format!("{what}: subscription `{n}` is delivered by push; only a `deliver = {{ pull = true }}` subscription can be a route target"),
+            );
+            None
+        }
+        None => {
+            let names: Vec<String> = subs.iter().map(|(n, _)| n.clone()).collect();
+            let message = unknown_reference(what, "subscription", raw.get_ref(), &names);
+            cx.error(raw.span(), message);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use bus::{
-    Deliver, DeliveryOrdering, DeliveryRetry, PartitionKey, StartPosition, Subscription, Topic, TopicDurability,
+    Deliver, DeliveryOrdering, DeliveryRetry, PartitionKey, StartPosition, Subscription, Topic,
+    TopicDurability,
 };
 pub use cache_model::*;
 pub use diagnostics::{Diagnostic, Severity};

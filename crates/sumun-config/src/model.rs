@@ -481,14 +481,17 @@ pub enum HeaderValueMatch {
     Exact(String),
 }
 
+/// What a route does. `Topic`: store the request as a message and answer 202.
+/// `Subscription`: the pull API of a `deliver = { pull = true }` subscription under the
+/// route (`GET …/messages`, `POST …/ack`, `…/nack`, `…/extend`).
 #[derive(Debug, Clone)]
 pub enum Target {
     Upstream { index: usize, name: String },
     Respond(Respond),
     Redirect { location: String, status: u16 },
     Echo,
-    /// Store the request as a message in a topic and answer 202.
     Topic { index: usize, name: String },
+    Subscription { name: String },
 }
 
 #[derive(Debug, Clone)]

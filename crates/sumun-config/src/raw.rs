@@ -235,6 +235,7 @@ pub(crate) struct RawTarget {
     pub redirect: Option<S<RawRedirect>>,
     pub echo: Option<S<bool>>,
     pub topic: Option<S<String>>,
+    pub subscription: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,8 @@ pub(crate) struct Names<'a> {
     pub policies: crate::protect::PolicyNames<'a>,
     /// Sorted: a position is the topic's index.
     pub topics: &'a [String],
+    /// Every subscription, and whether it is pulled.
+    pub subscriptions: &'a [(String, bool)],
 }
 
 pub(crate) fn routes(cx: &mut Ctx<'_, '_>, raw: &[S<RawRoute>], names: &Names<'_>) -> Vec<Route> {
@@ -314,14 +316,16 @@ fn target(
         ("redirect", t.redirect.as_ref().map(|v| v.span())),
         ("echo", t.echo.as_ref().map(|v| v.span())),
         ("topic", t.topic.as_ref().map(|v| v.span())),
+        ("subscription", t.subscription.as_ref().map(|v| v.span())),
     ]
     .into_iter()
     .filter_map(|(k, span)| span.map(|s| (k, s)))
     .collect();
     match given.as_slice() {
         [] => {
-            let message =
-                format!("{what}: `to` needs one of `upstream`, `topic`, `respond`, `redirect` or `echo`");
+            let message = format!(
+                "{what}: `to` needs one of `upstream`, `topic`, `subscription`, `respond`, `redirect` or `echo`"
+            );
             cx.missing(&format!("route[{index}].to"), to.span(), message);
             return None;
         }
@@ -345,6 +349,10 @@ fn target(
     if let Some(topic) = &t.topic {
         let index = crate::bus::check_target_topic(cx, topic, what, names.topics)?;
         return Some(Target::Topic { index, name: topic.get_ref().clone() });
+    }
+    if let Some(sub) = &t.subscription {
+        return crate::bus::check_target_subscription(cx, sub, what, names.subscriptions)
+            .map(|name| Target::Subscription { name });
     }
     if let Some(respond) = &t.respond {
         return respond_target(cx, respond.get_ref(), what).map(Target::Respond);

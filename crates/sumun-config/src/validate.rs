@@ -200,6 +200,7 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
             redis: policies.redis.is_some(),
         },
         topics: &topic_names,
+        subscriptions: &crate::bus::subscription_kinds(&raw),
     };
     let routes = crate::route::routes(cx, raw.route.as_deref().unwrap_or_default(), &names);
 

@@ -277,6 +277,9 @@ async fn run_target(
         Action::Topic(topic) => {
             crate::topic::publish(runtime.bus.as_deref(), topic, parts, body, normalized, ex).await?
         }
+        Action::Subscription(name) => {
+            crate::topic::pull(runtime.bus.as_deref(), name, parts, body, normalized).await?
+        }
         Action::Upstream(pool) => {
             // The cache keys on the URL as the client addressed it, before any rewrite.
             let cached = match (&route.cache, &runtime.cache) {

@@ -25,14 +25,15 @@ pub struct ListenerRuntime {
     pub forward_proxy: bool,
 }
 
-/// What a matched route does.
+/// What a matched route does. `Topic` publishes to the topic of that name on
+/// `Runtime::bus`; `Subscription` serves that pull subscription's API.
 pub enum Action {
     Upstream(Arc<UpstreamPool>),
     Respond { status: StatusCode, body: Bytes, headers: Vec<(HeaderName, HeaderValue)> },
     Redirect { status: StatusCode, location: HeaderValue },
     Echo,
-    /// Publish to the topic of this name on `Runtime::bus`.
     Topic(Arc<str>),
+    Subscription(Arc<str>),
 }
 
 /// Header edits with names and values parsed once.
@@ -219,6 +220,7 @@ impl Runtime {
                     },
                     Target::Echo => Action::Echo,
                     Target::Topic { name, .. } => Action::Topic(Arc::from(name.as_str())),
+                    Target::Subscription { name } => Action::Subscription(Arc::from(name.as_str())),
                 };
                 CompiledRoute {
                     matcher: Matcher::compile(&r.listeners, &r.matcher),

@@ -956,3 +956,42 @@ dead_letter = "dead"
         topics["topics"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, ["audit", "dead", "orders"]);
 }
+
+#[test]
+fn a_route_exposes_a_pull_subscription() {
+    let worker = Mock::start(Behavior::text("unused"));
+    let data = data_dir();
+    let s = Sumun::start(&config(
+        data.path(),
+        worker.endpoint(),
+        &format!(
+            r#"{ORDERS}
+[subscription.pullers]
+topic = "orders"
+deliver = {{ pull = true }}
+dead_letter = "dead"
+[[route]]
+name = "queue"
+match = {{ path_prefix = "/queues/pullers" }}
+to = {{ subscription = "pullers" }}
+"#
+        ),
+    ));
+    assert_eq!(publish(&s.url("web", "/orders"), "via route", &["content-type: text/plain"]).status, 202);
+    let out = curl(&[&s.url("web", "/queues/pullers/messages?max=5&wait=5s")]);
+    assert_eq!(out.status, 200, "{}", out.text());
+    let v = out.json();
+    assert_eq!(v["messages"][0]["event"]["data"], "via route", "{v}");
+    let ack_id = v["messages"][0]["ack_id"].clone();
+    let ack = post_json(&s.url("web", "/queues/pullers/ack"), &serde_json::json!({ "ack_ids": [ack_id] }));
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    assert_eq!(ack.json()["results"][0]["ok"], true);
+    let wrong = curl(&["-X", "POST", &s.url("web", "/queues/pullers/messages")]);
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("GET"));
+    assert_problem(&curl(&[&s.url("web", "/queues/pullers/other")]), 404);
+    let bad = post_json(&s.url("web", "/queues/pullers/nack"), &serde_json::json!({ "ids": [] }));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let sub = subscription(&s, "pullers");
+    assert_eq!((sub["delivered"].as_u64(), sub["pending"].as_u64()), (Some(1), Some(0)), "{sub}");
+}

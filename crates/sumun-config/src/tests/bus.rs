@@ -242,3 +242,32 @@ fn an_unset_secret_variable_is_named() {
     let lines = error_lines(&text);
     assert!(lines.iter().any(|l| l.contains(var)), "{lines:#?}");
 }
+
+#[test]
+fn routes_can_expose_a_pull_subscription() {
+    let text = with(
+        r#"[topic.t]
+[topic.d]
+[subscription.pulled]
+topic = "t"
+deliver = { pull = true }
+dead_letter = "d"
+[subscription.pushed]
+topic = "t"
+deliver = { upstream = "api" }
+dead_letter = "d"
+[[route]]
+name = "q"
+match = { path_prefix = "/queues/pulled" }
+to = { subscription = "pulled" }
+"#,
+    );
+    let c = ok(&text).config;
+    assert!(matches!(&c.routes[0].target, Target::Subscription { name } if name == "pulled"));
+    let lines = error_lines(&format!(
+        "{text}[[route]]\nname = \"a\"\nto = {{ subscription = \"pushed\" }}\n[[route]]\nname = \"b\"\nto = {{ subscription = \"pulld\" }}\n"
+    ));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].contains("subscription `pushed` is delivered by push"), "{lines:#?}");
+    assert!(lines[1].contains("unknown subscription `pulld`; did you mean `pulled`?"), "{lines:#?}");
+}

@@ -295,7 +295,7 @@ listeners = []
             "9:29: route `a`: respond `status` must be between 100 and 599, not 700",
             "11:55: route `route-3`: redirect `status` must be 301, 302, 303, 307 or 308, not 200",
             "12:41: route `route-3`: `rewrite` takes `strip_prefix` or `path`, not both",
-            "14:6: route `route-4`: `to` needs one of `upstream`, `topic`, `respond`, `redirect` or `echo`",
+            "14:6: route `route-4`: `to` needs one of `upstream`, `topic`, `subscription`, `respond`, `redirect` or `echo`",
             "15:33: route `route-4`: `headers.request.set`: `connection` is managed by the proxy and cannot be set",
             "15:65: route `route-4`: `headers.request.set`: header `x-a`: value must not contain CR, LF, NUL or other control characters",
             "15:86: route `route-4`: `headers.request.remove`: `a:b` is not a valid header name",
