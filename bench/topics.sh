@@ -56,6 +56,7 @@ die() { log "error: $*"; exit 1; }
 source "$LIB/common.sh"
 
 WORK=$(mktemp -d /tmp/sumun-topics-bench.XXXXXX)
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 DATA_DIR=${DATA_DIR:-$WORK/data}
 mkdir -p "$DATA_DIR"
 apt_install $(command -v curl >/dev/null || echo curl) $(command -v python3 >/dev/null || echo python3)
@@ -169,15 +170,17 @@ stop_group "$NATS_PG"
 # ---------------------------------------------------------------- report
 mkdir -p "$RESULTS_DIR"
 STAMP=$(date -u +%Y-%m-%d)
-python3 - "$WORK" "$RESULTS_DIR/topics-$STAMP" "$COMMAND" "$("$NATS_BIN" --version)" "$(nproc)" <<'PY'
+python3 - "$WORK" "$RESULTS_DIR/topics-$STAMP" "$COMMAND" "$("$NATS_BIN" --version)" "$(nproc)" \
+  "$LOADAVG_START" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
 import json, sys, platform
-work, out, command, nats_version, cores = sys.argv[1:6]
+work, out, command, nats_version, cores, load_start, load_end = sys.argv[1:8]
 load = lambda n: json.load(open(f"{work}/{n}.json"))
 sp, lat, nats = load("sumun-publish"), load("sumun-latency"), load("nats-publish")
 scpu, ncpu = load("sumun-cpu")["cpu_seconds"], load("nats-cpu")["cpu_seconds"]
 ratio = sp["msg_per_s"] / nats["msg_per_s"] if nats["msg_per_s"] else None
 doc = {
     "command": command, "cores": int(cores), "kernel": platform.release(), "nats": nats_version,
+    "loadavg_start": load_start, "loadavg_end": load_end,
     "sumun_publish": sp, "sumun_cpu_us_per_msg": scpu * 1e6 / max(sp["messages"], 1),
     "sumun_latency": lat,
     "nats_publish": nats, "nats_cpu_us_per_msg": ncpu * 1e6 / max(nats["messages"], 1),
@@ -194,7 +197,9 @@ md = f"""# Topics benchmark ({out.split('topics-')[-1]})
 
 `{command}` on {cores} cores (kernel {platform.release()}); servers on one core, the load
 generator on the other; {sp['size']}-byte messages, `durability = "fsync"` against NATS
-JetStream ({nats_version}) with file storage and `sync_interval: always`.
+JetStream ({nats_version}) with file storage and `sync_interval: always`. Load average
+(1/5/15 min) {load_start} at the start, {load_end} at the end: above ~1 the machine was shared
+with other work and the figures are lower bounds.
 
 | measure | sumun | NATS JetStream | sumun / NATS |
 | --- | ---: | ---: | ---: |

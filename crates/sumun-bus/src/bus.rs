@@ -166,12 +166,18 @@ impl Bus {
             .filter(|(name, r)| !config.subscriptions.iter().any(|s| &s.name == *name && s == &r.sub.cfg))
             .map(|(n, _)| n.clone())
             .collect();
+        let restarting = !stale.is_empty();
         for name in stale {
             if let Some(r) = subs.remove(&name) {
                 let _ = r.stop.send(true);
                 let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), r.task).await;
                 tracing::info!(subscription = %name, "subscription stopped");
             }
+        }
+        if restarting {
+            // What the stopped tasks queued (acks, cursors) must be applied before a restarted
+            // subscription loads its state, or it would deliver those messages again.
+            self.meta()?.commit(Vec::new(), false).await?;
         }
         for s in &config.subscriptions {
             if subs.contains_key(&s.name) {
