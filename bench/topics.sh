@@ -16,7 +16,7 @@
 #   WARMUP         seconds of an unmeasured run before each               [2]
 #   CONNS          concurrent publishers                                  [64]
 #   SIZE           message bytes                                          [1024]
-#   PARTITIONS     partitions of the benchmark topic                      [4]
+#   PARTITIONS     partitions of the benchmark topics (one partition = one group commit) [1]
 #   RATE           publishes per second of the latency run                [2000]
 #   LAT_DURATION   seconds of the latency run                             [10]
 #   PROXY_CPU / LOAD_CPU  cores for the servers / for the load generator  [1 / 0]
@@ -42,7 +42,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 SIZE=${SIZE:-1024}
-PARTITIONS=${PARTITIONS:-4}
+PARTITIONS=${PARTITIONS:-1}
 RATE=${RATE:-2000}
 LAT_DURATION=${LAT_DURATION:-10}
 PROXY_CPU=${PROXY_CPU:-1}
