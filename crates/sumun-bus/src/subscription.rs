@@ -735,6 +735,18 @@ impl SubscriptionRuntime {
         self.stats.m_failed.increment(1);
         let mut state = self.state();
         let Some(entry) = state.entries.get_mut(&pos) else { return };
+        // Pull attempts are logged like push ones: one line per attempt that did not end in an ack.
+        tracing::info!(
+            subscription = %self.cfg.name,
+            topic = %self.topic.name,
+            partition = pos.0,
+            offset = pos.1,
+            attempt = entry.meta.attempt,
+            latency_ms = attempt.latency_ms,
+            outcome = "failed",
+            error = attempt.error.as_deref(),
+            "delivery attempt"
+        );
         entry.meta.history.push(attempt);
         if entry.meta.history.len() > self.cfg.retry.max_attempts as usize {
             entry.meta.history.remove(0);
@@ -865,6 +877,9 @@ impl SubscriptionRuntime {
             }
             match action {
                 LeaseAction::Ack => {
+                    if let Some(e) = self.state().entries.get(&pos) {
+                        tracing::info!(subscription = %self.cfg.name, topic = %self.topic.name, partition = pos.0, offset = pos.1, attempt = e.meta.attempt, outcome = "delivered", "delivery attempt");
+                    }
                     self.state().remove(pos);
                     ops.push(self.delete_op(pos));
                     acked += 1;
