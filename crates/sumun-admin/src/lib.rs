@@ -114,7 +114,8 @@ async fn cache_purge(State(s): State<AdminState>, body: axum::body::Bytes) -> ax
     };
     match (s.cache_purge)(kind, value) {
         Some(n) => axum::Json(serde_json::json!({ "purged": n })).into_response(),
-        None => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": "no route caches" }))).into_response(),
+        None => (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": "no route caches" })))
+            .into_response(),
     }
 }
 

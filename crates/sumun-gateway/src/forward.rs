@@ -18,7 +18,6 @@ use sumun_upstream::endpoint::Outcome;
 use sumun_upstream::retry::{Backoff, Failure, parse_retry_after, retryable};
 use sumun_upstream::{Refused, UpstreamPool, outcome_of};
 
-
 /// What the forwarder needs to know about the request beyond its head.
 pub struct Target<'a> {
     pub pool: &'a UpstreamPool,

@@ -285,7 +285,9 @@ async fn run_target(
             let cached = match (&route.cache, &runtime.cache) {
                 (Some(policy), Some(cache)) => {
                     if parts.method.as_str() == "PURGE" {
-                        return Ok(crate::cache::purge_request(cache, policy, &parts, normalized, ctx, runtime, ex));
+                        return Ok(crate::cache::purge_request(
+                            cache, policy, &parts, normalized, ctx, runtime, ex,
+                        ));
                     }
                     let key = crate::cache::KeyParts::of(&parts, normalized, ctx.tls);
                     // A fresh hit is answered before anything is prepared for the upstream.
