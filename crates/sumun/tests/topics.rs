@@ -995,3 +995,76 @@ to = {{ subscription = "pullers" }}
     let sub = subscription(&s, "pullers");
     assert_eq!((sub["delivered"].as_u64(), sub["pending"].as_u64()), (Some(1), Some(0)), "{sub}");
 }
+
+/// A small tmpfs, unmounted on drop: a real ENOSPC. Root only (the sandbox and CI are root).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = data_dir();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_507_and_the_topic_stays_readable() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        assert!(!root, "running as root but could not mount a tmpfs");
+        eprintln!("skipping: not root, cannot mount a small tmpfs");
+        return;
+    };
+    let worker = Mock::start(Behavior::text("unused"));
+    let s = Sumun::start(&config(
+        fs.0.path(),
+        worker.endpoint(),
+        r#"
+[topic.big]
+segment_bytes = "256KiB"
+[topic.dead]
+[subscription.readers]
+topic = "big"
+deliver = { pull = true }
+dead_letter = "dead"
+[[route]]
+match = { path = "/big" }
+to = { topic = "big" }
+"#,
+    ));
+    let body = "y".repeat(60 * 1024);
+    let mut stored = 0;
+    let full = loop {
+        let out = publish(&s.url("web", "/big"), &body, &[]);
+        match out.status {
+            202 => stored += 1,
+            507 => break out,
+            other => panic!("unexpected {other}: {}", out.text()),
+        }
+        assert!(stored < 200, "4 MiB never filled up");
+    };
+    assert!(stored > 10, "only {stored} messages fit");
+    let v = assert_problem(&full, 507);
+    assert!(v["detail"].as_str().unwrap().contains("full"), "{v}");
+    assert!(full.header("retry-after").is_some_and(|r| r.parse::<u64>().is_ok_and(|n| n > 0)));
+    // Nothing half written: what was acknowledged is readable, and still served.
+    let first = get_json(&admin_url(&s, "/v1/topics/big/partitions/0/messages/0"));
+    assert_eq!(first["event"]["data"].as_str().map(str::len), Some(body.len()));
+    let t = get_json(&admin_url(&s, "/v1/topics/big"));
+    assert_eq!(t["partitions"][0]["end_offset"], stored, "{t}");
+    let pulled = get_json(&admin_url(&s, "/v1/subscriptions/readers/messages?max=5&wait=5s"));
+    assert_eq!(pulled["messages"].as_array().map(Vec::len), Some(5), "reads go on when the disk is full");
+    // Still full: still a 507, never a silent drop.
+    assert_eq!(publish(&s.url("web", "/big"), &body, &[]).status, 507);
+    drop(s);
+}
