@@ -1,7 +1,8 @@
 //! Authentication offload through the real binary: JWTs checked against a mock IdP's JWKS
 //! (rotation, IdP outage, keys never obtained), API keys, RFC 6750 refusals, and the identity
 //! passport the upstream receives, verified independently with PyJWT against the admin
-//! listener's `/v1/passport/jwks.json`.
+//! listener's `/v1/passport/jwks.json`: one passport per verified token reused across its
+//! requests (the default), or one per request naming it (`bind_request = true`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,6 +45,7 @@ issuer = "sumun-test"
 audience = "internal"
 ttl = "60s"
 @SIGNING_KEY@
+@BIND@
 
 [auth.users]
 realm = "api"
@@ -89,8 +91,16 @@ to = { echo = true }
 "#;
 
 fn config(up: &str, idp: &str, signing_key: Option<&str>) -> String {
+    config_bound(up, idp, signing_key, false)
+}
+
+fn config_bound(up: &str, idp: &str, signing_key: Option<&str>, bind_request: bool) -> String {
     let key = signing_key.map(|k| format!("signing_key = \"file:{k}\"")).unwrap_or_default();
-    cfg(CONFIG, &[("UP", up), ("IDP", idp), ("CI_SHA", &sha256_hex(API_KEY)), ("SIGNING_KEY", &key)])
+    let bind = if bind_request { "bind_request = true" } else { "" };
+    cfg(
+        CONFIG,
+        &[("UP", up), ("IDP", idp), ("CI_SHA", &sha256_hex(API_KEY)), ("SIGNING_KEY", &key), ("BIND", bind)],
+    )
 }
 
 fn claims(extra: Value) -> Value {
@@ -167,7 +177,7 @@ fn valid_token_gets_a_passport_verified_by_pyjwt_and_forged_headers_are_dropped(
     assert_eq!(c["auth"], "users");
     assert_eq!(c["orig_iss"], "https://idp.example");
     assert_eq!(c["orig_jti"], "idp-token-1");
-    assert_eq!(c["rid"], out.request_id());
+    assert!(c.get("rid").is_none(), "a reused passport names no request: {c}");
     let (iat, exp) = (c["iat"].as_u64().unwrap(), c["exp"].as_u64().unwrap());
     assert_eq!(exp - iat, 60);
     assert!(iat.abs_diff(now()) < 60);
@@ -191,6 +201,46 @@ fn valid_token_gets_a_passport_verified_by_pyjwt_and_forged_headers_are_dropped(
 
     let success = metric(&s, "sumun_auth_success_total{policy=\"users\"}");
     assert!(success >= 1.0, "success counter: {success}");
+
+    // The same token again: answered from the verified-token cache, with the same passport.
+    let again = get(&s, "/api/orders", &[&bearer(&token)]);
+    assert_eq!(again.status, 200);
+    assert_ne!(again.request_id(), out.request_id());
+    let reqs = up.wait_finished(2, T);
+    assert_eq!(reqs[1].header_all("x-sumun-passport"), [passport.as_str()], "the passport is reused");
+    assert_eq!(reqs[1].header_all("x-user-email"), ["alice@example.com"]);
+    assert!(metric(&s, "sumun_auth_token_cache_total{policy=\"users\",result=\"hit\"}") >= 1.0);
+    // Another token of the same user gets its own passport.
+    let other = sign(Algorithm::RS256, "rsa_a", "a", &claims(json!({ "jti": "idp-token-2" })));
+    assert_eq!(get(&s, "/api/orders", &[&bearer(&other)]).status, 200);
+    let reqs = up.wait_finished(3, T);
+    let third = reqs[2].header("x-sumun-passport").unwrap();
+    assert_ne!(third, passport);
+    let c3 = pyjwt_verify(&jwks_url, third, "sumun-test", "internal").unwrap();
+    assert_eq!((c3["sub"].as_str(), c3["orig_jti"].as_str()), (Some("alice"), Some("idp-token-2")));
+    assert_ne!(c3["jti"], c["jti"]);
+}
+
+#[test]
+fn bind_request_gives_each_request_its_own_passport() {
+    let up = Mock::start(Behavior::text("ok"));
+    let idp = Idp::start(&jwks(&[jwk("rsa_a", Algorithm::RS256, "a")]));
+    let s = Sumun::start(&config_bound(up.endpoint(), &idp.url, None, true));
+    let token = sign(Algorithm::RS256, "rsa_a", "a", &claims(json!({})));
+    let outs: Vec<CurlOut> = (0..2).map(|_| get(&s, "/api/orders", &[&bearer(&token)])).collect();
+    let reqs = up.wait_finished(2, T);
+    let jwks_url = format!("http://{}/v1/passport/jwks.json", s.admin_addr().unwrap());
+    let mut jtis = Vec::new();
+    for (out, r) in outs.iter().zip(&reqs) {
+        assert_eq!(out.status, 200, "{}", out.text());
+        let c = pyjwt_verify(&jwks_url, r.header("x-sumun-passport").unwrap(), "sumun-test", "internal")
+            .unwrap_or_else(|e| panic!("PyJWT: {e}"));
+        assert_eq!(c["sub"], "alice");
+        assert_eq!(c["rid"], out.request_id(), "the passport names its request");
+        assert_eq!(r.header("x-request-id"), Some(out.request_id().as_str()));
+        jtis.push(c["jti"].clone());
+    }
+    assert_ne!(jtis[0], jtis[1], "a unique jti per request");
 }
 
 #[test]
@@ -334,6 +384,11 @@ fn api_keys_by_header_and_query() {
         assert_eq!(c["auth"], "machines");
         assert!(c.get("orig_iss").is_none());
     }
+    assert_eq!(
+        reqs[0].header("x-sumun-passport"),
+        reqs[1].header("x-sumun-passport"),
+        "one passport per API key, reused"
+    );
 
     let bad = get(&s, "/machines/deploy", &["x-api-key: ci-Zm9vYmFy-kez"]);
     assert_problem(&bad, 401);

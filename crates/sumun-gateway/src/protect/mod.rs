@@ -59,7 +59,7 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use sumun_config::{Config, Encoding, IpFilter, RouteAuth};
 
-use self::auth::{Authenticator, Identity};
+use self::auth::{Authenticated, Authenticator};
 use self::compress::Compressor;
 use self::cors::Cors;
 use self::idempotency::{Begin, Idempotency, Pending};
@@ -235,28 +235,28 @@ impl RouteProtect {
         if let Some(c) = &self.compress {
             out.encoding = c.negotiate(&parts.headers);
         }
-        let mut identity: Option<Identity> = None;
+        let mut identity: Option<Authenticated> = None;
         if let Some((a, require)) = &self.auth {
             let id = match a.authenticate(parts).await {
                 Ok(id) => id,
                 Err(r) => return reject(out, r),
             };
+            out.subject = Some(id.subject.clone());
             if let Err(r) = a.authorize(&id, require) {
-                out.subject = Some(id.subject);
                 return reject(out, r);
             }
-            if let Some(v) = self.passport.issue(&id, facts.request_id) {
+            if let Some(v) = self.passport.issue(&id, id.passport(), facts.request_id) {
                 parts.headers.insert(self.passport.header().clone(), v);
             }
             a.forward_claims(&id, &mut parts.headers);
-            out.subject = Some(id.subject.clone());
             identity = Some(id);
         }
+        let identity = identity.as_ref().map(Authenticated::identity);
         if let Some(l) = &self.rate {
             let input = RateInput {
                 client_ip: facts.client_ip,
                 headers: &parts.headers,
-                identity: identity.as_ref(),
+                identity,
                 route: &self.name,
             };
             match l.check(&input).await {
@@ -266,7 +266,7 @@ impl RouteProtect {
         }
         let body = match &self.idempotency {
             None => body,
-            Some(i) => match i.begin(parts, body, identity.as_ref()).await {
+            Some(i) => match i.begin(parts, body, identity).await {
                 Ok(Begin::Skip(b)) => b,
                 Ok(Begin::Proceed(b, pending)) => {
                     out.pending = Some(pending);

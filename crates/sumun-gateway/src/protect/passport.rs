@@ -4,11 +4,20 @@
 //! served as a JWKS (`GET /v1/passport/jwks.json` on the admin listener). Without a configured
 //! `signing_key`, a key is generated at start and kept across reloads; when the key changes on
 //! reload, the old public key stays in the JWKS until the last passport it signed expires.
+//!
+//! Signing is the costly part (an Ed25519 signature per passport). With `bind_request =
+//! false` (the default) a passport is signed once per verified credential and kept in a
+//! [`PassportSlot`] next to it (the verified-token cache entry, or the API key): every request
+//! of that credential gets the same passport until half its `ttl` has passed, then a new one
+//! is signed. Such a passport has no `rid` and its `jti` names the passport, not a request.
+//! With `bind_request = true` every request gets its own passport with `rid` (the request id)
+//! and a unique `jti`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
@@ -107,7 +116,33 @@ pub struct Passport {
     issuer: String,
     audience: Option<String>,
     ttl: Duration,
+    bind_request: bool,
+    /// Tells passports this signer made from those of an earlier configuration: a reload
+    /// (new key, issuer, ttl…) stops the reuse of passports kept in slots.
+    id: u64,
     retired: Vec<Retired>,
+}
+
+/// A passport kept with one credential for reuse (`bind_request = false`). Empty until the
+/// first request of the credential; any number of requests may read and renew it at once
+/// (two renewing together both sign, and the later one is kept).
+#[derive(Default)]
+pub struct PassportSlot(ArcSwapOption<Issued>);
+
+impl std::fmt::Debug for PassportSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassportSlot").field("filled", &self.0.load().is_some()).finish()
+    }
+}
+
+struct Issued {
+    /// `Passport::id` of the signer.
+    signer: u64,
+    /// `iat` in milliseconds (whole seconds, as in the token).
+    iat_ms: u64,
+    /// Reused until then: `iat` + half the ttl.
+    renew_ms: u64,
+    value: HeaderValue,
 }
 
 impl std::fmt::Debug for Passport {
@@ -163,6 +198,7 @@ impl Passport {
         }
         let mut jws_header = Header::new(Algorithm::EdDSA);
         jws_header.kid = Some(key.kid.clone());
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Passport {
             header,
             jws_header,
@@ -170,6 +206,8 @@ impl Passport {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             ttl: cfg.ttl.max(Duration::from_secs(1)),
+            bind_request: cfg.bind_request,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             retired,
         })
     }
@@ -184,9 +222,39 @@ impl Passport {
         &self.key.kid
     }
 
-    /// A signed passport for this identity.
-    pub fn issue(&self, id: &Identity, request_id: &HeaderValue) -> Option<HeaderValue> {
-        let iat = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    /// The passport of a request by this identity. With `bind_request`, a new one naming
+    /// the request; otherwise the one kept in `slot`, signed anew when there is none yet, when
+    /// half its ttl has passed, or when this signer did not make it (a reload). None when
+    /// signing failed (logged and counted).
+    pub fn issue(&self, id: &Identity, slot: &PassportSlot, request_id: &HeaderValue) -> Option<HeaderValue> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        if self.bind_request {
+            return self.sign(id, now.as_secs(), request_id.to_str().ok());
+        }
+        if let Some(p) = slot.0.load().as_deref()
+            && p.signer == self.id
+            // A clock set back would hand out a passport from the future: sign anew.
+            && (p.iat_ms..p.renew_ms).contains(&now_ms)
+        {
+            return Some(p.value.clone());
+        }
+        let iat = now.as_secs();
+        let value = self.sign(id, iat, None)?;
+        // The same whole seconds as `exp`: a reused passport has at least half its life left.
+        let half = self.ttl.as_secs().max(1).saturating_mul(1000) / 2;
+        let iat_ms = iat.saturating_mul(1000);
+        slot.0.store(Some(Arc::new(Issued {
+            signer: self.id,
+            iat_ms,
+            renew_ms: iat_ms.saturating_add(half),
+            value: value.clone(),
+        })));
+        Some(value)
+    }
+
+    /// Signs a passport issued at `iat` (seconds), with `rid` when given.
+    fn sign(&self, id: &Identity, iat: u64, rid: Option<&str>) -> Option<HeaderValue> {
         let claims = Claims {
             iss: &self.issuer,
             aud: self.audience.as_deref(),
@@ -197,7 +265,7 @@ impl Passport {
             auth: &id.policy,
             orig_iss: id.issuer.as_deref(),
             orig_jti: id.jti.as_deref(),
-            rid: request_id.to_str().ok(),
+            rid,
             jti: next_jti(),
         };
         match jsonwebtoken::encode(&self.jws_header, &claims, &self.key.encoding) {
@@ -274,10 +342,15 @@ mod tests {
         jsonwebtoken::decode(token, &DecodingKey::from_jwk(&jwk).unwrap(), &v).unwrap().claims
     }
 
+    fn issue(p: &Passport, rid: &'static str) -> HeaderValue {
+        p.issue(&identity(), &PassportSlot::default(), &HeaderValue::from_static(rid)).unwrap()
+    }
+
     #[test]
-    fn issues_verifiable_passport_with_claims() {
-        let p = Passport::new(&cfg(), None).unwrap();
-        let token = p.issue(&identity(), &HeaderValue::from_static("req-1")).unwrap();
+    fn bound_to_request_issues_one_passport_per_request() {
+        let p = Passport::new(&sumun_config::Passport { bind_request: true, ..cfg() }, None).unwrap();
+        let slot = PassportSlot::default();
+        let token = p.issue(&identity(), &slot, &HeaderValue::from_static("req-1")).unwrap();
         let c = verify(&p, token.to_str().unwrap());
         assert_eq!(c["sub"], "alice");
         assert_eq!(c["scope"], "read orders:write");
@@ -287,8 +360,59 @@ mod tests {
         assert_eq!(c["rid"], "req-1");
         assert_eq!(c["aud"], "internal");
         assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
-        let other = p.issue(&identity(), &HeaderValue::from_static("req-2")).unwrap();
-        assert_ne!(verify(&p, other.to_str().unwrap())["jti"], c["jti"], "jti is unique");
+        let other = p.issue(&identity(), &slot, &HeaderValue::from_static("req-2")).unwrap();
+        let c2 = verify(&p, other.to_str().unwrap());
+        assert_ne!(c2["jti"], c["jti"], "jti is unique");
+        assert_eq!(c2["rid"], "req-2");
+        assert!(slot.0.load().is_none(), "nothing kept for reuse");
+    }
+
+    #[test]
+    fn reused_per_credential_until_half_its_ttl() {
+        let p = Passport::new(&cfg(), None).unwrap();
+        let slot = PassportSlot::default();
+        let first = p.issue(&identity(), &slot, &HeaderValue::from_static("req-1")).unwrap();
+        let c = verify(&p, first.to_str().unwrap());
+        assert_eq!((c["sub"].as_str(), c["scope"].as_str()), (Some("alice"), Some("read orders:write")));
+        assert!(c.get("rid").is_none(), "a shared passport names no request");
+        assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
+        let again = p.issue(&identity(), &slot, &HeaderValue::from_static("req-2")).unwrap();
+        assert_eq!(again, first, "the same passport, jti included");
+
+        // Another credential (another slot) gets its own.
+        let other = p.issue(&identity(), &PassportSlot::default(), &HeaderValue::from_static("r")).unwrap();
+        assert_ne!(verify(&p, other.to_str().unwrap())["jti"], c["jti"]);
+
+        // Half the ttl gone: signed anew, and the new one is kept.
+        let kept = slot.0.load_full().unwrap();
+        assert_eq!(kept.renew_ms - kept.iat_ms, 30_000);
+        slot.0.store(Some(Arc::new(Issued {
+            signer: kept.signer,
+            iat_ms: kept.iat_ms - 31_000,
+            renew_ms: kept.renew_ms - 31_000,
+            value: kept.value.clone(),
+        })));
+        let renewed = p.issue(&identity(), &slot, &HeaderValue::from_static("r")).unwrap();
+        assert_ne!(renewed, first);
+        assert_ne!(verify(&p, renewed.to_str().unwrap())["jti"], c["jti"]);
+        assert_eq!(p.issue(&identity(), &slot, &HeaderValue::from_static("r")).unwrap(), renewed);
+
+        // A passport from the future (the clock was set back) is not handed out.
+        let kept = slot.0.load_full().unwrap();
+        slot.0.store(Some(Arc::new(Issued {
+            signer: kept.signer,
+            iat_ms: kept.iat_ms + 10_000,
+            renew_ms: kept.renew_ms + 10_000,
+            value: kept.value.clone(),
+        })));
+        assert_ne!(p.issue(&identity(), &slot, &HeaderValue::from_static("r")).unwrap(), renewed);
+
+        // A reload (another signer, even with the same key) signs anew.
+        let reloaded = Passport::new(&cfg(), Some(&p)).unwrap();
+        let current = slot.0.load_full().unwrap().value.clone();
+        let after = reloaded.issue(&identity(), &slot, &HeaderValue::from_static("r")).unwrap();
+        assert_ne!(after, current);
+        assert_eq!(reloaded.issue(&identity(), &slot, &HeaderValue::from_static("r")).unwrap(), after);
     }
 
     #[test]
@@ -325,7 +449,7 @@ mod tests {
 
         // A configured key (as `sumun passport keygen` writes it) replaces the generated one;
         // the old key stays published while its passports may be alive.
-        let old_token = first.issue(&identity(), &HeaderValue::from_static("r")).unwrap();
+        let old_token = issue(&first, "r");
         let (pem, kid) = generate_signing_key_pem().unwrap();
         assert_eq!(pem::parse(&pem).unwrap().contents().len(), 48, "PKCS#8 v1 (RFC 8410 §7)");
         let configured = sumun_config::Passport { signing_key: Some(Secret(pem)), ..cfg() };
@@ -336,7 +460,7 @@ mod tests {
             jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
         assert_eq!(kids, vec![kid.as_str(), first.kid()]);
         assert_eq!(verify(&rotated, old_token.to_str().unwrap())["sub"], "alice");
-        let new_token = rotated.issue(&identity(), &HeaderValue::from_static("r")).unwrap();
+        let new_token = issue(&rotated, "r");
         assert_eq!(
             jsonwebtoken::decode_header(new_token.to_str().unwrap()).unwrap().kid.as_deref(),
             Some(kid.as_str())
@@ -352,7 +476,7 @@ mod tests {
         let pem = include_str!("auth/testdata/ed25519.pem");
         let c = sumun_config::Passport { signing_key: Some(Secret(pem.into())), ..cfg() };
         let p = Passport::new(&c, None).unwrap();
-        let token = p.issue(&identity(), &HeaderValue::from_static("r")).unwrap();
+        let token = issue(&p, "r");
         assert_eq!(verify(&p, token.to_str().unwrap())["sub"], "alice");
     }
 
@@ -379,12 +503,15 @@ mod tests {
             api_key: Some("ci".into()),
             ..identity()
         };
-        let token = p.issue(&id, &HeaderValue::from_static("r")).unwrap();
+        let token = p.issue(&id, &PassportSlot::default(), &HeaderValue::from_static("r")).unwrap();
         let claims: serde_json::Value =
             jsonwebtoken::dangerous::insecure_decode_claims(token.to_str().unwrap()).unwrap();
         assert_eq!(claims["sub"], "apikey:ci");
         assert!(
-            claims.get("aud").is_none() && claims.get("orig_iss").is_none() && claims.get("scope").is_none()
+            claims.get("aud").is_none()
+                && claims.get("orig_iss").is_none()
+                && claims.get("scope").is_none()
+                && claims.get("rid").is_none()
         );
         assert_eq!(claims["iss"], "sumun");
     }

@@ -11,6 +11,7 @@
 //! obtained.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -72,6 +73,12 @@ impl VerifyKey {
 #[derive(Default)]
 pub(super) struct KeySet {
     pub keys: Vec<VerifyKey>,
+    /// For a fetched set: a number that changes whenever a fetch brings a different document
+    /// (0 for key files). The verified-token cache trusts an entry only while the set it was
+    /// verified against is still the current one.
+    pub generation: u64,
+    /// SHA-256 of the fetched JWKS document (None for key files).
+    digest: Option<[u8; 32]>,
 }
 
 impl KeySet {
@@ -240,6 +247,8 @@ pub(super) struct RemoteJwks {
     min_ttl: Duration,
     max_ttl: Duration,
     keys: ArcSwapOption<KeySet>,
+    /// The last generation given to a fetched set.
+    generations: AtomicU64,
     state: Mutex<FetchState>,
     wake: Notify,
     /// Bumped after every fetch attempt, whatever its outcome.
@@ -305,6 +314,7 @@ impl RemoteJwks {
             min_ttl,
             max_ttl: cfg.jwks_max_ttl.max(min_ttl),
             keys: ArcSwapOption::empty(),
+            generations: AtomicU64::new(0),
             state: Mutex::new(FetchState {
                 in_flight: false,
                 requested: false,
@@ -320,6 +330,11 @@ impl RemoteJwks {
     /// The last good key set; None until one was obtained.
     pub fn keys(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// The generation of the current key set; 0 until one was obtained.
+    pub fn generation(&self) -> u64 {
+        self.keys.load().as_ref().map_or(0, |s| s.generation)
     }
 
     /// Starts the refresh task; None outside a tokio runtime (`sumun check`).
@@ -371,8 +386,16 @@ impl RemoteJwks {
                 s.last_start = Some(Instant::now());
             }
             let delay = match tokio::time::timeout(self.timeout, self.fetch()).await {
-                Ok(Ok((set, skipped, ttl))) => {
+                Ok(Ok((mut set, skipped, ttl))) => {
                     failures = 0;
+                    // The same document again keeps its generation: cached verifications
+                    // made with it stay good.
+                    set.generation = match self.keys.load().as_deref() {
+                        Some(current) if current.digest.is_some() && current.digest == set.digest => {
+                            current.generation
+                        }
+                        _ => self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+                    };
                     self.metrics.ok.increment(1);
                     self.metrics.keys.set(set.keys.len() as f64);
                     self.metrics.stale.set(0.0);
@@ -443,7 +466,8 @@ impl RemoteJwks {
             .to_bytes();
         let doc: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("invalid JSON: {e}"))?;
-        let (set, skipped) = KeySet::from_jwks_value(&doc)?;
+        let (mut set, skipped) = KeySet::from_jwks_value(&doc)?;
+        set.digest = Some(sha256(&body));
         if set.keys.is_empty() {
             // An empty set would lock every client out: keep the previous one.
             return Err(format!("no usable signature verification key ({skipped} skipped)"));

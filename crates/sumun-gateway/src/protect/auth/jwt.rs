@@ -123,6 +123,13 @@ impl JwtVerifier {
         &self.scope_claim
     }
 
+    /// The generation of the fetched key set (0 without a JWKS URL or before the first
+    /// fetch). Read before a verification, it is never newer than the set the verification
+    /// used, so a cache entry tagged with it is dropped whenever the set may have changed.
+    pub(super) fn key_generation(&self) -> u64 {
+        self.remote.as_ref().map_or(0, |r| r.generation())
+    }
+
     /// Verifies `token` and returns its claims.
     pub(super) async fn verify(&self, token: &str) -> Result<Map<String, Value>, Denial> {
         if token.len() > MAX_CREDENTIAL_LEN {

@@ -5,14 +5,22 @@
 //! §3: 401 with a `WWW-Authenticate` challenge, 403 `insufficient_scope`, and 503 with
 //! `Retry-After` while a JWKS was never obtained. Every refusal is counted by reason in
 //! `sumun_auth_failures_total{policy,reason}`; successes in `sumun_auth_success_total{policy}`.
+//!
+//! A verified JWT is kept in the policy's [`cache`] until its `exp`, so the signature of a
+//! token is verified once, not on every request; `sumun_auth_token_cache_total{policy,result}`
+//! counts lookups that found a verdict (`hit`) or led to a verification (`miss`). What a
+//! request is given, an [`Authenticated`], is shared by every request of the same credential:
+//! the identity, its `forward_claims` values and its reusable passport.
 
 mod api_key;
+mod cache;
 mod jwks;
 mod jwt;
 
 use std::borrow::Cow;
+use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,7 +30,9 @@ use serde_json::{Map, Value};
 use sumun_config::{AuthPolicy, CredentialSource, RouteAuth};
 
 use super::Rejection;
+use super::passport::PassportSlot;
 use api_key::ApiKeys;
+use cache::{Lookup, TokenCache};
 pub(crate) use jwks::sha256;
 use jwt::JwtVerifier;
 
@@ -40,6 +50,44 @@ pub struct Identity {
     pub jti: Option<String>,
     /// The API key's name when an API key authenticated the request.
     pub api_key: Option<String>,
+}
+
+/// An authenticated credential, shared (cheap to clone) by every request that presents it
+/// while it is cached: who it is, the values of the policy's `forward_claims` headers, and the
+/// passport kept for it (`[passport] bind_request = false`).
+#[derive(Clone)]
+pub struct Authenticated(Arc<Credential>);
+
+struct Credential {
+    identity: Identity,
+    /// The `forward_claims` headers that have a value for this identity.
+    forward: Vec<(HeaderName, HeaderValue)>,
+    passport: PassportSlot,
+}
+
+impl Authenticated {
+    pub fn identity(&self) -> &Identity {
+        &self.0.identity
+    }
+
+    /// Where the passport of this credential is kept between requests.
+    pub fn passport(&self) -> &PassportSlot {
+        &self.0.passport
+    }
+}
+
+impl Deref for Authenticated {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        &self.0.identity
+    }
+}
+
+impl std::fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.identity.fmt(f)
+    }
 }
 
 /// Why a request was refused: the `reason` label of `sumun_auth_failures_total` and of the
@@ -158,6 +206,8 @@ impl Scheme {
 struct AuthMetrics {
     success: Counter,
     failures: [Counter; 12],
+    cache_hit: Counter,
+    cache_miss: Counter,
 }
 
 impl AuthMetrics {
@@ -165,6 +215,8 @@ impl AuthMetrics {
         let policy = policy.to_owned();
         AuthMetrics {
             success: metrics::counter!("sumun_auth_success_total", "policy" => policy.clone()),
+            cache_hit: metrics::counter!("sumun_auth_token_cache_total", "policy" => policy.clone(), "result" => "hit"),
+            cache_miss: metrics::counter!("sumun_auth_token_cache_total", "policy" => policy.clone(), "result" => "miss"),
             failures: Failure::ALL.map(|f| {
                 metrics::counter!("sumun_auth_failures_total", "policy" => policy.clone(), "reason" => f.reason())
             }),
@@ -185,7 +237,11 @@ pub struct Authenticator {
     policy: AuthPolicy,
     name: Arc<str>,
     jwt: Option<JwtVerifier>,
+    /// Verified and refused JWTs (with `jwt`).
+    tokens: TokenCache,
     api_keys: Option<ApiKeys>,
+    /// One credential per API key, in the order of `api_keys`.
+    api_key_credentials: Vec<Authenticated>,
     /// `forward_claims`: (header, claim).
     forward: Vec<(HeaderName, String)>,
     claim_headers: Vec<HeaderName>,
@@ -223,6 +279,24 @@ impl Authenticator {
             forward.push((header, claim.clone()));
         }
         let claim_headers = forward.iter().map(|(h, _)| h.clone()).collect();
+        let api_key_identities: Vec<Identity> = api_keys
+            .as_ref()
+            .map(|keys: &ApiKeys| {
+                keys.keys()
+                    .iter()
+                    .map(|k| Identity {
+                        policy: name.clone(),
+                        subject: format!("apikey:{}", k.name),
+                        scopes: k.scopes.clone(),
+                        claims: Map::new(),
+                        issuer: None,
+                        jti: None,
+                        api_key: Some(k.name.clone()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let api_key_credentials = api_key_identities.into_iter().map(|id| credential(&forward, id)).collect();
         let key_files = match &policy.jwt {
             Some(cfg) => cfg
                 .key_files
@@ -237,7 +311,9 @@ impl Authenticator {
             policy: policy.clone(),
             name,
             jwt,
+            tokens: TokenCache::new(),
             api_keys,
+            api_key_credentials,
             forward,
             claim_headers,
             key_files,
@@ -260,7 +336,7 @@ impl Authenticator {
 
     /// Finds and verifies the request's credential: a JWT from the `jwt.from` sources first,
     /// then an API key from the `api_keys.from` sources.
-    pub async fn authenticate(&self, parts: &Parts) -> Result<Identity, Rejection> {
+    pub async fn authenticate(&self, parts: &Parts) -> Result<Authenticated, Rejection> {
         match self.identify(parts).await {
             Ok(id) => {
                 self.metrics.success.increment(1);
@@ -273,35 +349,52 @@ impl Authenticator {
         }
     }
 
-    async fn identify(&self, parts: &Parts) -> Result<Identity, (Denial, Option<Scheme>)> {
+    async fn identify(&self, parts: &Parts) -> Result<Authenticated, (Denial, Option<Scheme>)> {
         if let Some(jwt) = &self.jwt
             && let Some(token) = find_credential(jwt.sources(), parts)
         {
             // With both kinds accepted, a bearer value that is not JWT-shaped may be an API key.
             if self.api_keys.is_none() || looks_like_jwt(&token) {
-                return match jwt.verify(&token).await {
-                    Ok(claims) => Ok(self.jwt_identity(jwt, claims)),
-                    Err(d) => Err((d, Some(Scheme::Bearer))),
-                };
+                return self.verify_jwt(jwt, &token).await.map_err(|d| (d, Some(Scheme::Bearer)));
             }
         }
         if let Some(keys) = &self.api_keys
             && let Some(key) = find_credential(keys.sources(), parts)
         {
-            return match keys.verify(key.as_bytes()) {
-                Some(k) => Ok(Identity {
-                    policy: self.name.clone(),
-                    subject: format!("apikey:{}", k.name),
-                    scopes: k.scopes.clone(),
-                    claims: Map::new(),
-                    issuer: None,
-                    jti: None,
-                    api_key: Some(k.name.clone()),
-                }),
+            return match keys.verify(key.as_bytes()).and_then(|i| self.api_key_credentials.get(i)) {
+                Some(c) => Ok(c.clone()),
                 None => Err((Failure::BadApiKey.into(), Some(Scheme::ApiKey))),
             };
         }
         Err((Failure::MissingToken.into(), None))
+    }
+
+    /// The token's verdict from the cache, or from a verification (then cached).
+    async fn verify_jwt(&self, jwt: &JwtVerifier, token: &str) -> Result<Authenticated, Denial> {
+        // Read before verifying: never newer than the key set the verification uses.
+        let keys = jwt.key_generation();
+        match self.tokens.get(token, keys, unix_now()) {
+            Lookup::Accepted(c) => {
+                self.metrics.cache_hit.increment(1);
+                return Ok(c);
+            }
+            Lookup::Refused(f) => {
+                self.metrics.cache_hit.increment(1);
+                return Err(f.into());
+            }
+            Lookup::Unknown => self.metrics.cache_miss.increment(1),
+        }
+        match jwt.verify(token).await {
+            Ok(claims) => {
+                let c = credential(&self.forward, self.jwt_identity(jwt, claims));
+                self.tokens.accept(token, &c, keys, unix_now());
+                Ok(c)
+            }
+            Err(d) => {
+                self.tokens.refuse(token, d.kind, keys);
+                Err(d)
+            }
+        }
     }
 
     fn jwt_identity(&self, jwt: &JwtVerifier, claims: Map<String, Value>) -> Identity {
@@ -342,15 +435,15 @@ impl Authenticator {
         &self.claim_headers
     }
 
-    /// Sets the `forward_claims` headers from the identity. A claim that is absent, an
-    /// object, or holds control characters is not forwarded (and any copy is removed);
-    /// arrays of scalars are joined with `,`.
-    pub fn forward_claims(&self, id: &Identity, headers: &mut HeaderMap) {
-        for (header, claim) in &self.forward {
+    /// Sets the `forward_claims` headers of a credential this policy authenticated. A claim
+    /// that is absent, an object, or holds control characters is not forwarded (and any copy
+    /// is removed); arrays of scalars are joined with `,`.
+    pub fn forward_claims(&self, c: &Authenticated, headers: &mut HeaderMap) {
+        for (header, _) in &self.forward {
             headers.remove(header);
-            if let Some(v) = forward_value(id, claim) {
-                headers.insert(header.clone(), v);
-            }
+        }
+        for (header, value) in &c.0.forward {
+            headers.insert(header.clone(), value.clone());
         }
     }
 
@@ -410,6 +503,19 @@ impl Authenticator {
             .into_iter()
             .chain(self.api_keys.as_ref().map(|_| Scheme::ApiKey))
     }
+}
+
+/// A credential for `identity`, its `forward_claims` values computed once.
+fn credential(forward: &[(HeaderName, String)], identity: Identity) -> Authenticated {
+    let forward = forward
+        .iter()
+        .filter_map(|(header, claim)| Some((header.clone(), forward_value(&identity, claim)?)))
+        .collect();
+    Authenticated(Arc::new(Credential { identity, forward, passport: PassportSlot::default() }))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Three base64url segments: the shape of a JWS compact serialization.

@@ -84,7 +84,7 @@ fn bearer(token: &str) -> http::request::Parts {
 async fn reason(
     a: &Authenticator,
     p: &http::request::Parts,
-) -> Result<Identity, (StatusCode, &'static str, HeaderMap)> {
+) -> Result<Authenticated, (StatusCode, &'static str, HeaderMap)> {
     a.authenticate(p).await.map_err(|r| {
         let mut h = HeaderMap::new();
         for (n, v) in r.headers {
@@ -456,7 +456,7 @@ async fn token_sources_in_order() {
     let cookie = format!("theme=dark; session={c}; other=1");
     let uri = format!("/p?x=1&access_token={q}");
     let a = &a;
-    let sub = |p| async move { reason(a, &p).await.unwrap().subject };
+    let sub = |p| async move { reason(a, &p).await.unwrap().subject.clone() };
     assert_eq!(
         sub(parts(&uri, &[("authorization", &format!("bearer {h}")), ("cookie", &cookie)])).await,
         "from-header"
@@ -473,7 +473,7 @@ async fn scopes_from_string_array_and_scp() {
     let scopes = |c: Value| {
         let t = sign(Algorithm::RS256, &key, None, c);
         let a = &a;
-        async move { reason(a, &bearer(&t)).await.unwrap().scopes }
+        async move { reason(a, &bearer(&t)).await.unwrap().scopes.clone() }
     };
     let exp = now() + 60;
     assert_eq!(scopes(json!({ "exp": exp, "scope": "  a  b\tc " })).await, ["a", "b", "c"]);
@@ -825,4 +825,155 @@ fn looks_like_jwt_shapes() {
     assert!(!looks_like_jwt("a.b"));
     assert!(!looks_like_jwt("a.b.c.d"));
     assert!(!looks_like_jwt("a b.c.d"));
+}
+
+// ---- verified-token cache ----
+
+fn rsa_policy() -> Authenticator {
+    Authenticator::new(&policy(
+        Some(JwtAuth { key_files: vec![testdata("rsa_a.pub.pem")], ..jwt_cfg() }),
+        None,
+    ))
+    .unwrap()
+}
+
+fn same(a: &Authenticated, b: &Authenticated) -> bool {
+    Arc::ptr_eq(&a.0, &b.0)
+}
+
+#[tokio::test]
+async fn verified_token_is_reused_until_exp() {
+    let a = rsa_policy();
+    let key = private("rsa_a.pem", Algorithm::RS256);
+    let exp = now() + 120;
+    let token = sign(Algorithm::RS256, &key, None, json!({ "sub": "alice", "exp": exp }));
+    let first = reason(&a, &bearer(&token)).await.unwrap();
+    let second = reason(&a, &bearer(&token)).await.unwrap();
+    assert!(same(&first, &second), "the second request is answered from the cache");
+    assert_eq!(a.tokens.sizes(), (1, 0));
+    assert!(matches!(a.tokens.get(&token, 0, exp - 1), cache::Lookup::Accepted(_)));
+    assert!(matches!(a.tokens.get(&token, 0, exp), cache::Lookup::Unknown), "not past its exp");
+    assert!(matches!(a.tokens.get(&token, 1, exp - 1), cache::Lookup::Unknown), "nor another key set");
+
+    // Every byte counts: the same token with one signature character changed is verified.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(fails(&a, &forged).await, "bad_signature");
+    // A prefix or an extension of a cached token is another token.
+    assert!(reason(&a, &bearer(&token[..token.len() - 1])).await.is_err());
+    assert!(reason(&a, &bearer(&format!("{token}A"))).await.is_err());
+    assert_eq!(reason(&a, &bearer(&token)).await.unwrap().subject, "alice");
+
+    // Each token has its own entry; claims are never mixed up.
+    let bob = sign(Algorithm::RS256, &key, None, json!({ "sub": "bob", "exp": exp }));
+    assert_eq!(reason(&a, &bearer(&bob)).await.unwrap().subject, "bob");
+    assert_eq!(reason(&a, &bearer(&token)).await.unwrap().subject, "alice");
+}
+
+#[tokio::test]
+async fn not_yet_valid_and_leeway_tokens_are_not_cached() {
+    let key = private("rsa_a.pem", Algorithm::RS256);
+    let lenient = Authenticator::new(&policy(
+        Some(JwtAuth {
+            key_files: vec![testdata("rsa_a.pub.pem")],
+            leeway: Duration::from_secs(60),
+            ..jwt_cfg()
+        }),
+        None,
+    ))
+    .unwrap();
+    let t = now();
+    // Accepted thanks to the leeway only: verified on every request.
+    let early = sign(Algorithm::RS256, &key, None, json!({ "sub": "a", "exp": t + 300, "nbf": t + 30 }));
+    let expired = sign(Algorithm::RS256, &key, None, json!({ "sub": "a", "exp": t - 5 }));
+    for token in [&early, &expired] {
+        let one = reason(&lenient, &bearer(token)).await.unwrap();
+        let two = reason(&lenient, &bearer(token)).await.unwrap();
+        assert!(!same(&one, &two));
+    }
+    assert_eq!(lenient.tokens.sizes(), (0, 0));
+}
+
+#[tokio::test]
+async fn lasting_refusals_are_remembered_others_are_not() {
+    let a = Authenticator::new(&policy(
+        Some(JwtAuth {
+            key_files: vec![testdata("rsa_a.pub.pem")],
+            issuers: vec!["https://idp.example".into()],
+            ..jwt_cfg()
+        }),
+        None,
+    ))
+    .unwrap();
+    let key = private("rsa_a.pem", Algorithm::RS256);
+    let other = private("rsa_b.pem", Algorithm::RS256);
+    let t = now();
+    let iss = "https://idp.example";
+    let cases = [
+        (sign(Algorithm::RS256, &other, None, json!({ "iss": iss, "exp": t + 60 })), "bad_signature", true),
+        (sign(Algorithm::RS256, &key, None, json!({ "iss": iss, "exp": t - 10 })), "expired", true),
+        (
+            sign(Algorithm::RS256, &key, None, json!({ "iss": "https://evil", "exp": t + 60 })),
+            "wrong_issuer",
+            true,
+        ),
+        (sign(Algorithm::RS256, &key, None, json!({ "iss": iss, "exp": "soon" })), "malformed", true),
+        (
+            sign(Algorithm::RS256, &key, None, json!({ "iss": iss, "exp": t + 60, "nbf": t + 60 })),
+            "not_yet_valid",
+            false,
+        ),
+    ];
+    for (i, (token, why, kept)) in cases.iter().enumerate() {
+        let before = a.tokens.sizes().1;
+        assert_eq!(fails(&a, token).await, *why);
+        assert_eq!(a.tokens.sizes().1, before + u64::from(*kept), "{why}");
+        // Answered the same way from the cache.
+        assert_eq!(fails(&a, token).await, *why, "case {i}");
+    }
+    assert_eq!(a.tokens.sizes().0, 0);
+}
+
+#[tokio::test]
+async fn api_key_credentials_are_shared() {
+    let a = Authenticator::new(&policy(None, Some(api_keys()))).unwrap();
+    let p = parts("/", &[("x-api-key", "ci-key-123")]);
+    let one = reason(&a, &p).await.unwrap();
+    let two = reason(&a, &p).await.unwrap();
+    assert!(same(&one, &two), "one identity and passport slot per key");
+    assert_eq!(one.subject, "apikey:ci");
+}
+
+#[tokio::test]
+async fn jwks_rotation_invalidates_cached_tokens() {
+    let idp = Idp::start(&json!({ "keys": [jwk("rsa_a.pem", Algorithm::RS256, "a")] })).await;
+    let cfg = JwtAuth { jwks_min_refresh: Duration::ZERO, ..remote_cfg(&idp) };
+    let a = Authenticator::new(&policy(Some(cfg), None)).unwrap();
+    idp.wait_hits(1).await;
+    fetched(&a).await;
+    let ta = token_for("rsa_a.pem", Algorithm::RS256, "a");
+    let first = reason(&a, &bearer(&ta)).await.unwrap();
+    // Signed by key b under kid a: refused while kid a is key a.
+    let swapped = sign(Algorithm::RS256, &private("rsa_b.pem", Algorithm::RS256), Some("a"), claims());
+    assert_eq!(fails(&a, &swapped).await, "bad_signature");
+
+    // A refetch that brings the same document keeps the cached verdicts.
+    assert_eq!(fails(&a, &token_for("rsa_b.pem", Algorithm::RS256, "zzz")).await, "unknown_key");
+    assert_eq!(idp.hits(), 2);
+    assert!(same(&first, &reason(&a, &bearer(&ta)).await.unwrap()));
+
+    // The IdP replaces key a by key b under the same kid: the cached acceptance and the cached
+    // refusal are both verified again against the new set.
+    idp.set(200, &json!({ "keys": [jwk("rsa_b.pem", Algorithm::RS256, "a")] }), None);
+    assert_eq!(fails(&a, &token_for("rsa_b.pem", Algorithm::RS256, "zzz")).await, "unknown_key");
+    assert_eq!(idp.hits(), 3);
+    assert_eq!(fails(&a, &ta).await, "bad_signature", "key a was removed");
+    assert_eq!(reason(&a, &bearer(&swapped)).await.unwrap().subject, "alice");
+
+    // Key a removed altogether (kid gone): its tokens are unknown_key, never a cached yes.
+    idp.set(200, &json!({ "keys": [jwk("rsa_b.pem", Algorithm::RS256, "b")] }), None);
+    assert_eq!(fails(&a, &token_for("rsa_b.pem", Algorithm::RS256, "zzz")).await, "unknown_key");
+    assert_eq!(fails(&a, &swapped).await, "unknown_key");
 }
