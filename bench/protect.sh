@@ -217,7 +217,7 @@ for v in variants:
         d = f"{work}/{v}-{r}"
         b, a = json.load(open(f"{d}/before.json")), json.load(open(f"{d}/after.json"))
         w = json.loads(next(l for l in open(f"{d}/wrk.txt") if l.startswith("WRKJSON "))[8:])
-        cpu_s = ((a["total"]["utime"] + a["total"]["stime"]) - (b["total"]["utime"] + b["total"]["stime"])) / tck
+        cpu_s = (a["ticks"] - b["ticks"]) / tck  # utime + stime of the process group
         redis = int(open(f"{d}/redis-after").read()) - int(open(f"{d}/redis-before").read())
         n = w["requests"]
         errors = sum(w["errors"].values())
