@@ -13,8 +13,9 @@
 mod global;
 mod local;
 
-use std::borrow::Cow;
+use std::io::Write;
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -55,6 +56,42 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 
 /// Fallback warnings: at most one per this long per policy.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A request's key: borrowed from the request, or formatted; a client address (45 bytes at
+/// most) is formatted in place, without a heap allocation per request.
+pub(crate) enum KeyBytes<'a> {
+    Borrowed(&'a [u8]),
+    Inline([u8; 48], usize),
+    Owned(Vec<u8>),
+}
+
+impl Deref for KeyBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Borrowed(b) => b,
+            KeyBytes::Inline(buf, len) => &buf[..*len],
+            KeyBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl KeyBytes<'_> {
+    /// The address as text, as `IpAddr`'s `Display` writes it.
+    fn ip(ip: IpAddr) -> Self {
+        let mut buf = [0u8; 48];
+        let mut rest = &mut buf[..];
+        match write!(rest, "{ip}") {
+            Ok(()) => {
+                let len = 48 - rest.len();
+                KeyBytes::Inline(buf, len)
+            }
+            // Longer than any address text; kept correct all the same.
+            Err(_) => KeyBytes::Owned(ip.to_string().into_bytes()),
+        }
+    }
+}
 
 /// How a request's key is read, resolved from `RateKey` once.
 enum KeySpec {
@@ -210,24 +247,22 @@ impl Limiter {
     }
 
     /// The request's key; None = the request has none (one shared bucket).
-    fn key_of<'a>(&self, input: &'a RateInput<'a>) -> Option<Cow<'a, [u8]>> {
+    fn key_of<'a>(&self, input: &'a RateInput<'a>) -> Option<KeyBytes<'a>> {
         match &self.key {
-            KeySpec::ClientIp => {
-                input.client_ip.map(|ip| Cow::Owned(ip.to_canonical().to_string().into_bytes()))
-            }
+            KeySpec::ClientIp => input.client_ip.map(|ip| KeyBytes::ip(ip.to_canonical())),
             KeySpec::Header(h) => {
-                h.as_ref().and_then(|h| input.headers.get(h)).map(|v| Cow::Borrowed(v.as_bytes()))
+                h.as_ref().and_then(|h| input.headers.get(h)).map(|v| KeyBytes::Borrowed(v.as_bytes()))
             }
             KeySpec::JwtClaim(c) => match input.identity?.claims.get(c)? {
-                serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_bytes())),
-                serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string().into_bytes())),
+                serde_json::Value::String(s) => Some(KeyBytes::Borrowed(s.as_bytes())),
+                serde_json::Value::Number(n) => Some(KeyBytes::Owned(n.to_string().into_bytes())),
                 _ => None,
             },
             KeySpec::ApiKey => {
                 let id = input.identity?;
-                Some(Cow::Borrowed(id.api_key.as_deref().unwrap_or(&id.subject).as_bytes()))
+                Some(KeyBytes::Borrowed(id.api_key.as_deref().unwrap_or(&id.subject).as_bytes()))
             }
-            KeySpec::Route => Some(Cow::Borrowed(input.route.as_bytes())),
+            KeySpec::Route => Some(KeyBytes::Borrowed(input.route.as_bytes())),
         }
     }
 }

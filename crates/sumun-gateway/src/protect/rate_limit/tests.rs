@@ -34,7 +34,7 @@ fn header<'a>(h: &'a [(HeaderName, HeaderValue)], name: &str) -> Option<&'a str>
 }
 
 fn key(l: &Limiter, i: &RateInput<'_>) -> Option<Vec<u8>> {
-    l.key_of(i).map(|k| k.into_owned())
+    l.key_of(i).map(|k| k.to_vec())
 }
 
 #[test]
@@ -53,6 +53,9 @@ fn keys_are_read_from_the_request() {
         "an IPv4-mapped address is the IPv4 client"
     );
     assert_eq!(key(&ip, &input(&headers, None, None)), None, "no address: the shared bucket");
+    for v6 in ["::1", "2001:db8:85a3:1234:5678:8a2e:370:7334", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
+        assert_eq!(key(&ip, &input(&headers, None, Some(v6))), Some(v6.as_bytes().to_vec()), "{v6}");
+    }
 
     let h = l(RateKey::Header("x-tenant".into()));
     assert_eq!(key(&h, &input(&headers, None, None)), Some(b"acme".to_vec()));
