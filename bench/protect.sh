@@ -171,8 +171,15 @@ check=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN"
 check=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/protected/x")
 [[ $check == 401 ]] || die "an unauthenticated request got $check, not 401"
 
-commandstats() {              # total Redis commands processed so far
-  redis-cli -p "$REDIS_PORT" info stats | awk -F: '/^total_commands_processed/ {print $2+0}'
+# Redis counts the commands a script runs (TIME, GET, SET) as commands too, so round trips
+# are the client-issued calls: EVALSHA/EVAL (and SCRIPT LOAD after a NOSCRIPT), plus anything
+# else sumun might send. "rt calls" counts those; "all" every command Redis ran.
+commandstats() {              # "ROUND_TRIP_CALLS ALL_CALLS" so far
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
+    /^cmdstat_/ { n = $3 + 0; all += n
+                  if ($1 != "cmdstat_time" && $1 != "cmdstat_get" && $1 != "cmdstat_set" &&
+                      $1 != "cmdstat_info" && $1 != "cmdstat_ping") rt += n }
+    END { print rt + 0, all + 0 }'
 }
 
 run() {                       # run VARIANT PATH
@@ -218,22 +225,24 @@ for v in variants:
         b, a = json.load(open(f"{d}/before.json")), json.load(open(f"{d}/after.json"))
         w = json.loads(next(l for l in open(f"{d}/wrk.txt") if l.startswith("WRKJSON "))[8:])
         cpu_s = (a["ticks"] - b["ticks"]) / tck  # utime + stime of the process group
-        redis = int(open(f"{d}/redis-after").read()) - int(open(f"{d}/redis-before").read())
+        rb, ab = (list(map(int, open(f"{d}/redis-{w_}").read().split())) for w_ in ("before", "after"))
+        redis_rt, redis_all = ab[0] - rb[0], ab[1] - rb[1]
         n = w["requests"]
         errors = sum(w["errors"].values())
         runs.append({"requests": n, "rps": n / (w["duration_us"] / 1e6), "cpu_us_per_req": cpu_s * 1e6 / n,
-                     "p99_us": w["latency_us"]["p99"], "errors": errors, "redis_cmds_per_req": redis / n})
+                     "p99_us": w["latency_us"]["p99"], "errors": errors, "redis_round_trips_per_req": redis_rt / n,
+                     "redis_cmds_per_req": redis_all / n})
     med = lambda k: statistics.median(x[k] for x in runs)
-    res[v] = {"runs": runs, **{k: med(k) for k in ("rps", "cpu_us_per_req", "p99_us", "redis_cmds_per_req")},
+    res[v] = {"runs": runs, **{k: med(k) for k in ("rps", "cpu_us_per_req", "p99_us", "redis_round_trips_per_req", "redis_cmds_per_req")},
               "errors": sum(x["errors"] for x in runs)}
 bare = res.get("bare", {}).get("cpu_us_per_req")
 doc = {"command": command, "commit": commit, "variants": res}
 json.dump(doc, open(out + ".json", "w"), indent=2)
 lines = [f"# Protection overhead ({commit})", "", f"`{command}` — sumun on one core, wrk -c64 and nginx backend on the other; median of {repeat} runs.", "",
-         "| route | req/s | CPU µs/req | vs bare | p99 | Redis cmds/req | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+         "| route | req/s | CPU µs/req | vs bare | p99 | Redis round trips/req | Redis cmds/req (incl. in script) | errors |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 for v, r in res.items():
     ratio = f"{r['cpu_us_per_req'] / bare:.2f}×" if bare else "—"
-    lines.append(f"| {v} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.2f} | {ratio} | {r['p99_us'] / 1000:.2f} ms | {r['redis_cmds_per_req']:.3f} | {r['errors']} |")
+    lines.append(f"| {v} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.2f} | {ratio} | {r['p99_us'] / 1000:.2f} ms | {r['redis_round_trips_per_req']:.3f} | {r['redis_cmds_per_req']:.3f} | {r['errors']} |")
 lines += ["", "bare: plain reverse proxy route. protected: JWT (RS256) auth + passport + local rate limit + CORS. global: the same with the rate limit in Redis (GCRA script, EVALSHA).", ""]
 open(out + ".md", "w").write("\n".join(lines))
 print("\n".join(lines))
