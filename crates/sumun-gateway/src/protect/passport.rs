@@ -75,15 +75,10 @@ impl SigningKey {
 /// A new Ed25519 private key as a PKCS#8 v1 document (RFC 8410 §7): the form OpenSSL, Python
 /// `cryptography` and every JOSE library read (v2 with the public key is not).
 fn new_pkcs8() -> Result<Vec<u8>, String> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
-    let mut seed = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut seed)
-        .map_err(|_| "cannot generate an Ed25519 key: no system randomness".to_owned())?;
-    let pair = KeypairBytes { secret_key: seed, public_key: None };
-    seed.fill(0);
-    let doc = pair.to_pkcs8_der().map_err(|e| format!("cannot encode the Ed25519 key: {e}"))?;
-    Ok(doc.as_bytes().to_vec())
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    let doc = Ed25519KeyPair::generate_pkcs8v1(&aws_lc_rs::rand::SystemRandom::new())
+        .map_err(|_| "cannot generate an Ed25519 key".to_owned())?;
+    Ok(doc.as_ref().to_vec())
 }
 
 /// RFC 7638 thumbprint of an Ed25519 public key (`x`, base64url): SHA-256 over the required
