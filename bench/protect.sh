@@ -11,7 +11,7 @@
 # Environment (defaults in brackets):
 #   DURATION   measured wrk run per variant [6s]      WARMUP   [1s]
 #   CONNS      wrk connections [64]                   REPEAT   measured runs, median [3]
-#   VARIANTS   ["bare protected global"]
+#   VARIANTS   ["bare protected global bound"]
 #   SUMUN_BIN  use this binary instead of `cargo build --release -p sumun`
 #   PROXY_CPU / LOAD_CPU  [1 / 0]      RESULTS_DIR [bench/results]   KEEP_WORK [0]
 set -Eeuo pipefail
@@ -28,7 +28,7 @@ DURATION=${DURATION:-6s}
 WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-64}
 REPEAT=${REPEAT:-3}
-VARIANTS=${VARIANTS:-"bare protected global"}
+VARIANTS=${VARIANTS:-"bare protected global bound"}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results}
@@ -105,12 +105,17 @@ for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
 redis-cli -p "$REDIS_PORT" ping >/dev/null || die "redis-server did not start"
 
 # ---------------------------------------------------------------- sumun
-PORT=$(free_port)
-cat >"$WORK/sumun.toml" <<EOF
+# sumun_config PORT BIND_REQUEST: the config of one instance. The "bound" variant runs a
+# second instance whose passports name each request ([passport] bind_request = true).
+sumun_config() {
+cat <<EOF
 access_log = "off"
 
+[passport]
+bind_request = $2
+
 [listener.web]
-bind = "127.0.0.1:$PORT"
+bind = "127.0.0.1:$1"
 limits = { max_connections = 20000 }
 
 [upstream.backend]
@@ -160,9 +165,22 @@ name = "bare"
 to = { upstream = "backend" }
 rewrite = { path = "/" }
 EOF
-start_group "$PROXY_CPU" "$WORK/sumun.log" "$SUMUN_BIN" serve -c "$WORK/sumun.toml" --threads 1
-SUMUN_PGID=$LAST_PGID
-python3 "$LIB/ready.py" --port "$PORT" --pid "$SUMUN_PGID" --timeout 20 || { tail "$WORK/sumun.log"; die "sumun did not start"; }
+}
+start_sumun() {               # start_sumun NAME BIND_REQUEST: sets PORT and PGID
+  PORT=$(free_port)
+  sumun_config "$PORT" "$2" >"$WORK/$1.toml"
+  start_group "$PROXY_CPU" "$WORK/$1.log" "$SUMUN_BIN" serve -c "$WORK/$1.toml" --threads 1
+  PGID=$LAST_PGID
+  python3 "$LIB/ready.py" --port "$PORT" --pid "$PGID" --timeout 20 || { tail "$WORK/$1.log"; die "sumun did not start"; }
+}
+start_sumun sumun false
+SUMUN_PORT=$PORT SUMUN_PGID=$PGID
+BOUND_PORT="" BOUND_PGID=""
+if [[ " $VARIANTS " == *" bound "* ]]; then
+  start_sumun sumun-bound true
+  BOUND_PORT=$PORT BOUND_PGID=$PGID
+fi
+PORT=$SUMUN_PORT
 
 # Each protected request must really pass every layer: check once by hand.
 check=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" \
@@ -182,20 +200,20 @@ commandstats() {              # "ROUND_TRIP_CALLS ALL_CALLS" so far
     END { print rt + 0, all + 0 }'
 }
 
-run() {                       # run VARIANT PATH
-  local v=$1 path=$2 r out
+run() {                       # run VARIANT PATH [PORT PGID]
+  local v=$1 path=$2 port=${3:-$SUMUN_PORT} pgid=${4:-$SUMUN_PGID} r out
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" -H "authorization: Bearer $TOKEN" \
-    -H "origin: https://app.bench.example" "http://127.0.0.1:$PORT$path" >/dev/null
+    -H "origin: https://app.bench.example" "http://127.0.0.1:$port$path" >/dev/null
   for ((r = 1; r <= REPEAT; r++)); do
     out=$WORK/$v-$r
     mkdir -p "$out"
     python3 "$LIB/procinfo.py" quiet "$PROXY_CPU" 5 30 >/dev/null || log "warning: core $PROXY_CPU busy"
     commandstats >"$out/redis-before"
-    python3 "$LIB/procinfo.py" snapshot "$SUMUN_PGID" >"$out/before.json"
+    python3 "$LIB/procinfo.py" snapshot "$pgid" >"$out/before.json"
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$LIB/wrk-report.lua" \
       -H "authorization: Bearer $TOKEN" -H "origin: https://app.bench.example" \
-      "http://127.0.0.1:$PORT$path" >"$out/wrk.txt"
-    python3 "$LIB/procinfo.py" snapshot "$SUMUN_PGID" >"$out/after.json"
+      "http://127.0.0.1:$port$path" >"$out/wrk.txt"
+    python3 "$LIB/procinfo.py" snapshot "$pgid" >"$out/after.json"
     commandstats >"$out/redis-after"
     grep -E 'Requests/sec' "$out/wrk.txt" | sed "s/^/    $v run $r: /" >&2 || true
   done
@@ -206,7 +224,8 @@ for v in $VARIANTS; do
     bare) run bare /x ;;
     protected) run protected /protected/x ;;
     global) run global /global/x ;;
-    *) die "unknown variant $v (bare protected global)" ;;
+    bound) run bound /protected/x "$BOUND_PORT" "$BOUND_PGID" ;;
+    *) die "unknown variant $v (bare protected global bound)" ;;
   esac
 done
 
@@ -243,7 +262,7 @@ lines = [f"# Protection overhead ({commit})", "", f"`{command}` — sumun on one
 for v, r in res.items():
     ratio = f"{r['cpu_us_per_req'] / bare:.2f}×" if bare else "—"
     lines.append(f"| {v} | {r['rps']:,.0f} | {r['cpu_us_per_req']:.2f} | {ratio} | {r['p99_us'] / 1000:.2f} ms | {r['redis_round_trips_per_req']:.3f} | {r['redis_cmds_per_req']:.3f} | {r['errors']} |")
-lines += ["", "bare: plain reverse proxy route. protected: JWT (RS256) auth + passport + local rate limit + CORS. global: the same with the rate limit in Redis (GCRA script, EVALSHA).", ""]
+lines += ["", "bare: plain reverse proxy route. protected: JWT (RS256) auth + passport + local rate limit + CORS. global: the same with the rate limit in Redis (GCRA script, EVALSHA). bound: protected, with `[passport] bind_request = true` (a passport signed for every request).", ""]
 open(out + ".md", "w").write("\n".join(lines))
 print("\n".join(lines))
 EOF
