@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use sumun_config::HashKey;
+use sumun_config::{HashKey, RetryPolicy};
 use sumun_http::replay::ReplayBody;
 use sumun_http::{Body, ErrorKind, ProxyError};
 use sumun_upstream::balance::hash_bytes;
@@ -52,6 +53,8 @@ pub async fn forward(
 
     pool.count_request();
     let Some(policy) = pool.retry_policy() else {
+        // The one-try path stays inline; the retry loop is boxed below, so this future (part of
+        // every request's, and moved with it) holds one upstream call, not two.
         // One try: no replay buffer, no header copies.
         let i = match sticky {
             Some(i) => i,
@@ -66,7 +69,21 @@ pub async fn forward(
         let response = r?;
         return Ok(Forwarded { sticky_cookie: sticky_cookie(pool, sticky, i), response });
     };
+    Box::pin(with_retries(pool, policy, deadline, hash, sticky, parts, body, upstream)).await
+}
 
+/// `forward` when the upstream retries: each try gets a copy of the head and a replayable body.
+#[allow(clippy::too_many_arguments)]
+async fn with_retries(
+    pool: &UpstreamPool,
+    policy: &RetryPolicy,
+    deadline: Instant,
+    hash: Option<u64>,
+    sticky: Option<usize>,
+    parts: Parts,
+    body: Body,
+    upstream: &mut Option<std::sync::Arc<str>>,
+) -> Result<Forwarded, ProxyError> {
     let mut body = ReplayBody::new(body, policy.replay_buffer);
     let backoff = Backoff::from_policy(policy);
     let mut tried: Vec<usize> = Vec::with_capacity(policy.attempts as usize);
@@ -151,14 +168,20 @@ fn request(parts: &Parts, body: ReplayBody) -> Request<Body> {
     req
 }
 
-async fn within<F>(deadline: Instant, f: F) -> Result<Response<Incoming>, ProxyError>
+/// `f` with the request's deadline. A mapped `Timeout`, not an `async fn`: an async fn would
+/// hold `f` twice (as its argument and inside the timeout), and this future is part of every
+/// request's.
+fn within<F>(
+    deadline: Instant,
+    f: F,
+) -> impl std::future::Future<Output = Result<Response<Incoming>, ProxyError>>
 where
     F: std::future::Future<Output = Result<Response<Incoming>, ProxyError>>,
 {
-    match tokio::time::timeout_at(deadline.into(), f).await {
+    tokio::time::timeout_at(deadline.into(), f).map(|r| match r {
         Ok(r) => r,
         Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout, "the upstream did not answer in time")),
-    }
+    })
 }
 
 fn breaker_error(open: Refused) -> ProxyError {

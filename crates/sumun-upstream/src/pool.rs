@@ -3,9 +3,11 @@
 //! start, circuit breakers and the retry budget. The retry loop itself is the gateway's (it
 //! owns the request); the pool answers "which endpoint", "may I", and "what happened".
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use sumun_config::{AllUnavailable, RetryPolicy, Upstream};
@@ -240,15 +242,19 @@ impl UpstreamPool {
         self.budget.as_ref().is_none_or(|b| b.try_retry(self.clock.now_ms()))
     }
 
-    /// Sends one try to the endpoint the permit is for.
-    pub async fn send(
+    /// Sends one try to the endpoint the permit is for. (A plain fn returning the transport's
+    /// small future: see [`Transport::send`].)
+    pub fn send(
         &self,
         permit: &TryPermit,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
         match self.conns.get(permit.endpoint).and_then(Option::as_ref) {
-            Some(conn) => self.transport.send(conn, req).await,
-            None => Err(ProxyError::new(ErrorKind::NoHealthyEndpoint, "no upstream endpoint is available")),
+            Some(conn) => Either::Left(self.transport.send(conn, req)),
+            None => Either::Right(std::future::ready(Err(ProxyError::new(
+                ErrorKind::NoHealthyEndpoint,
+                "no upstream endpoint is available",
+            )))),
         }
     }
 

@@ -3,8 +3,12 @@
 //! when it closes. Transport errors are classified into `ProxyError` kinds here.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::TryFutureExt;
+use futures_util::future::Either;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, header};
 use hyper::body::Incoming;
@@ -75,30 +79,40 @@ impl Transport {
 
     /// Sends `req` (origin-form URI, hop-by-hop fields already stripped) and waits for the
     /// response head. Timeouts are the caller's.
-    pub(crate) async fn send(
+    ///
+    /// Not an `async fn`: this future is part of every request's future, which is moved whole
+    /// at each level per request, so the HTTP/1 path is hyper's own (boxed) response future
+    /// and the h2 path, with its connect and handshake, is boxed.
+    pub(crate) fn send<'a>(&'a self, ep: &'a EndpointConn, mut req: Request<Body>) -> Sending<'a> {
+        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        match &self.kind {
+            Kind::Http1(client) => match absolute(ep.authority.clone(), pq) {
+                Ok(uri) => {
+                    *req.uri_mut() = uri;
+                    Either::Left(client.request(req).map_err(classify_client as fn(_) -> _))
+                }
+                Err(e) => Either::Right(Box::pin(std::future::ready(Err(e)))),
+            },
+            Kind::H2c => Either::Right(Box::pin(self.send_h2(ep, req, pq))),
+        }
+    }
+
+    async fn send_h2(
         &self,
         ep: &EndpointConn,
         mut req: Request<Body>,
+        pq: PathAndQuery,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        match &self.kind {
-            Kind::Http1(client) => {
-                *req.uri_mut() = absolute(ep.authority.clone(), pq)?;
-                client.request(req).await.map_err(|e| classify(&e))
-            }
-            Kind::H2c => {
-                // :authority carries the client's host; Host itself is not sent on h2.
-                let authority = req
-                    .headers_mut()
-                    .remove(header::HOST)
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| ep.authority.clone());
-                *req.uri_mut() = absolute(authority, pq)?;
-                *req.version_mut() = http::Version::HTTP_2;
-                let mut sender = self.h2_sender(ep).await?;
-                sender.send_request(req).await.map_err(|e| classify(&e))
-            }
-        }
+        // :authority carries the client's host; Host itself is not sent on h2.
+        let authority = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| ep.authority.clone());
+        *req.uri_mut() = absolute(authority, pq)?;
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut sender = self.h2_sender(ep).await?;
+        sender.send_request(req).await.map_err(|e| classify(&e))
     }
 
     async fn h2_sender(&self, ep: &EndpointConn) -> Result<http2::SendRequest<Body>, ProxyError> {
@@ -127,6 +141,15 @@ impl Transport {
     }
 }
 
+/// The future of [`Transport::send`].
+pub(crate) type Sending<'a> = Either<
+    futures_util::future::MapErr<
+        hyper_util::client::legacy::ResponseFuture,
+        fn(hyper_util::client::legacy::Error) -> ProxyError,
+    >,
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a>>,
+>;
+
 fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
@@ -134,6 +157,10 @@ fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     parts.path_and_query = Some(pq);
     Uri::from_parts(parts)
         .map_err(|e| ProxyError::new(ErrorKind::Internal, "could not build the upstream URI").with_source(e))
+}
+
+fn classify_client(e: hyper_util::client::legacy::Error) -> ProxyError {
+    classify(&e)
 }
 
 /// Maps a transport error to what happened, by walking its source chain.
