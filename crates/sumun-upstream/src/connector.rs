@@ -2,7 +2,6 @@
 //! runtime, nodelay) or unix sockets, each bounded by the connect timeout.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 
@@ -72,36 +71,12 @@ impl Connector {
     }
 }
 
-impl tower::Service<Uri> for Connector {
-    type Response = UpstreamStream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connect(uri).await })
-    }
-}
-
 pin_project_lite::pin_project! {
     /// A connection to an endpoint.
     #[project = StreamProj]
     pub enum UpstreamStream {
         Tcp { #[pin] inner: TokioIo<TcpStream> },
         Unix { #[pin] inner: TokioIo<UnixStream> },
-    }
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        match self {
-            UpstreamStream::Tcp { inner } => inner.connected(),
-            UpstreamStream::Unix { inner } => inner.connected(),
-        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod balance;
 pub mod breaker;
 mod connector;
 pub mod endpoint;
+mod h1pool;
 pub mod health;
 pub mod outlier;
 mod pool;

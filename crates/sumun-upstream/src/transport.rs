@@ -1,10 +1,11 @@
-//! Carrying one request to one endpoint: HTTP/1.1 through hyper-util's pooling client (one
-//! keep-alive pool per endpoint), h2c over one multiplexed connection per endpoint, reopened
-//! when it closes. Transport errors are classified into `ProxyError` kinds here.
+//! Carrying one request to one endpoint: HTTP/1.1 over a keep-alive pool per endpoint
+//! (`h1pool`), h2c over one multiplexed connection per endpoint, reopened when it closes.
+//! Transport errors are classified into `ProxyError` kinds here.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryFutureExt;
@@ -13,23 +14,26 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sumun_config::{EndpointAddr, Upstream, UpstreamProtocol};
 use sumun_http::body::BodyTooLarge;
 use sumun_http::{Body, ErrorKind, ProxyError};
 
 use crate::connector::{ConnectFailed, ConnectTimedOut, Connector};
+use crate::h1pool::H1Pool;
 
 /// How requests reach one endpoint.
 pub(crate) struct EndpointConn {
     /// The authority our connector maps back to this endpoint.
     authority: Authority,
+    /// `http://authority/`, what the connector connects to.
+    connect_uri: Uri,
+    h1: Arc<H1Pool>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
 enum Kind {
-    Http1(Box<Client<Connector, Body>>),
+    Http1,
     H2c,
 }
 
@@ -57,21 +61,19 @@ impl Transport {
                         Authority::try_from(host.as_str()).ok()
                     }
                 };
-                authority.map(|authority| EndpointConn { authority, h2: tokio::sync::Mutex::new(None) })
+                let authority = authority?;
+                let connect_uri = absolute(authority.clone(), PathAndQuery::from_static("/")).ok()?;
+                Some(EndpointConn {
+                    authority,
+                    connect_uri,
+                    h1: H1Pool::new(cfg.pool.max_idle_per_endpoint, cfg.pool.idle_timeout),
+                    h2: tokio::sync::Mutex::new(None),
+                })
             })
             .collect();
         let connector = Connector::new(unix, cfg.timeouts.connect, cfg.tcp_keepalive);
         let kind = match cfg.protocol {
-            UpstreamProtocol::Http1 => {
-                let client = Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(cfg.pool.idle_timeout)
-                    .pool_max_idle_per_host(cfg.pool.max_idle_per_endpoint)
-                    .set_host(false)
-                    .build(connector.clone());
-                Kind::Http1(Box::new(client))
-            }
+            UpstreamProtocol::Http1 => Kind::Http1,
             UpstreamProtocol::H2c => Kind::H2c,
         };
         (Transport { kind, connector }, conns)
@@ -81,19 +83,22 @@ impl Transport {
     /// response head. Timeouts are the caller's.
     ///
     /// Not an `async fn`: this future is part of every request's future, which is moved whole
-    /// at each level per request, so the HTTP/1 path is hyper's own (boxed) response future
-    /// and the h2 path, with its connect and handshake, is boxed.
-    pub(crate) fn send<'a>(&'a self, ep: &'a EndpointConn, mut req: Request<Body>) -> Sending<'a> {
-        let pq = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    /// at each level per request; the h2 path, with its connect and handshake, is boxed.
+    pub(crate) fn send<'a>(
+        &'a self,
+        ep: &'a EndpointConn,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
         match &self.kind {
-            Kind::Http1(client) => match absolute(ep.authority.clone(), pq) {
-                Ok(uri) => {
-                    *req.uri_mut() = uri;
-                    Either::Left(client.request(req).map_err(classify_client as fn(_) -> _))
-                }
-                Err(e) => Either::Right(Box::pin(std::future::ready(Err(e)))),
-            },
-            Kind::H2c => Either::Right(Box::pin(self.send_h2(ep, req, pq))),
+            Kind::Http1 => Either::Left(
+                ep.h1.send(&self.connector, &ep.connect_uri, req).map_err(|e| e.into_proxy_error(classify)),
+            ),
+            Kind::H2c => {
+                let pq =
+                    req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+                let h2: Pin<Box<dyn Future<Output = _> + Send + 'a>> = Box::pin(self.send_h2(ep, req, pq));
+                Either::Right(h2)
+            }
         }
     }
 
@@ -141,15 +146,6 @@ impl Transport {
     }
 }
 
-/// The future of [`Transport::send`].
-pub(crate) type Sending<'a> = Either<
-    futures_util::future::MapErr<
-        hyper_util::client::legacy::ResponseFuture,
-        fn(hyper_util::client::legacy::Error) -> ProxyError,
-    >,
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a>>,
->;
-
 fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
@@ -157,10 +153,6 @@ fn absolute(authority: Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     parts.path_and_query = Some(pq);
     Uri::from_parts(parts)
         .map_err(|e| ProxyError::new(ErrorKind::Internal, "could not build the upstream URI").with_source(e))
-}
-
-fn classify_client(e: hyper_util::client::legacy::Error) -> ProxyError {
-    classify(&e)
 }
 
 /// Maps a transport error to what happened, by walking its source chain.
@@ -175,9 +167,6 @@ fn classify(err: &(dyn std::error::Error + Send + Sync + 'static)) -> ProxyError
         }
         if e.is::<BodyTooLarge>() {
             return ProxyError::new(ErrorKind::BodyTooLarge, "the request body is larger than allowed");
-        }
-        if let Some(le) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            connect |= le.is_connect();
         }
         if let Some(he) = e.downcast_ref::<hyper::Error>() {
             user |= he.is_user();

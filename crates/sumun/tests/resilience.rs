@@ -297,15 +297,17 @@ fn least_request_avoids_a_busy_endpoint() {
     let fast = named("fast");
     let s =
         gateway(r#"balance = "least_request""#, &[slow.endpoint().to_owned(), fast.endpoint().to_owned()]);
-    // Occupy the slow endpoint with requests in flight, then see new requests avoid it.
+    // Occupy the slow endpoint with requests in flight, then see new requests avoid it. The
+    // balancer may send the first ones to the fast endpoint (ties are broken at random), so
+    // keep sending until the slow one holds one.
     let url = s.url("web", "/");
-    let busy: Vec<_> = (0..4)
-        .map(|_| {
-            let u = url.clone();
-            std::thread::spawn(move || curl(&[&u]))
-        })
-        .collect();
-    slow.wait(T, "slow endpoint busy", |r| !r.is_empty());
+    let deadline = std::time::Instant::now() + T;
+    let mut busy = Vec::new();
+    while slow.try_wait(Duration::from_millis(50), |r| !r.is_empty()).is_none() {
+        assert!(std::time::Instant::now() < deadline, "the slow endpoint never got a request");
+        let u = url.clone();
+        busy.push(std::thread::spawn(move || curl(&[&u])));
+    }
     let m = spread(&s, 10, &[]);
     assert!(m.get("fast").copied().unwrap_or(0) >= 9, "{m:?}");
     for h in busy {
