@@ -449,7 +449,19 @@ fn rate_limit(
             cx.warning(f.span(), format!("{what}: `fail_open` only matters with `store = \"redis\"`"));
         }
     }
-    Some(RateLimitPolicy { name: name.to_owned(), key, requests, per, burst, store, fail_open })
+    let ipv6_prefix = match &r.ipv6_prefix {
+        Some(p) => {
+            if key != RateKey::ClientIp {
+                cx.warning(
+                    p.span(),
+                    format!("{what}: `ipv6_prefix` only matters with `key = \"client_ip\"`"),
+                );
+            }
+            u8::try_from(cx.int(p, 1, 128, &format!("{what}: `ipv6_prefix`"))?).ok()?
+        }
+        None => DEFAULT_IPV6_PREFIX,
+    };
+    Some(RateLimitPolicy { name: name.to_owned(), key, requests, per, burst, store, fail_open, ipv6_prefix })
 }
 
 /// `https://app.example.com`, `https://*.example.com`, `http://localhost:3000`, `*`, `null`.

@@ -157,7 +157,14 @@ pub struct RateLimitPolicy {
     /// With `store = "redis"` when Redis cannot be reached: true = let requests through
     /// (logged and counted); false = fall back to a per-instance local limit.
     pub fail_open: bool,
+    /// `key = "client_ip"`: IPv6 clients are counted by this many leading bits of their
+    /// address (64 by default: one host or one customer's network, which hands its machines
+    /// whole /64s; counting single addresses would let one of them rotate around the limit).
+    pub ipv6_prefix: u8,
 }
+
+/// The default `ipv6_prefix`.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 /// `[redis]`: the shared Redis/Valkey for global rate limits and idempotency records.
 #[derive(Debug, Clone, PartialEq)]

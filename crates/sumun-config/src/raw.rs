@@ -528,6 +528,7 @@ pub(crate) struct RawRateLimit {
     pub burst: Option<S<i64>>,
     pub store: Option<S<String>>,
     pub fail_open: Option<S<bool>>,
+    pub ipv6_prefix: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -36,6 +36,7 @@ fn policy(store: RateStore, key: RateKey) -> RateLimitPolicy {
         burst: 1_000_000_000,
         store,
         fail_open: false,
+        ipv6_prefix: sumun_config::DEFAULT_IPV6_PREFIX,
     }
 }
 

@@ -82,6 +82,56 @@ fn local_limit_burst_then_429() {
     assert_eq!(log["error"], "rate_limited", "{log}");
 }
 
+/// `key = "client_ip"` behind a trusted proxy: the client is the address that proxy saw (the
+/// last `X-Forwarded-For` entry); IPv6 clients count by their /64 unless `ipv6_prefix` says
+/// otherwise, so one host cannot rotate through its addresses around the limit.
+#[test]
+fn client_addresses_behind_a_trusted_proxy_and_ipv6_prefixes() {
+    let s = Sumun::start(
+        r#"
+[listener.web]
+bind = "127.0.0.1:0"
+trust_forwarded = true
+
+[rate_limit.by-64]
+key = "client_ip"
+rate = "1/m"
+burst = 2
+
+[rate_limit.by-address]
+key = "client_ip"
+rate = "1/m"
+burst = 2
+ipv6_prefix = 128
+
+[[route]]
+name = "by-64"
+match = { path_prefix = "/a" }
+to = { respond = { status = 200, body = "ok" } }
+rate_limit = "by-64"
+
+[[route]]
+name = "by-address"
+match = { path_prefix = "/b" }
+to = { respond = { status = 200, body = "ok" } }
+rate_limit = "by-address"
+"#,
+    );
+    let from = |ip: &str| format!("x-forwarded-for: 198.51.100.7, {ip}");
+    // Four addresses of one /64 share a budget of two.
+    let one_net: Vec<u16> = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3", "2001:db8:1:2::4"]
+        .iter()
+        .map(|ip| get(&s, "/a", &["-H", &from(ip)]).status)
+        .collect();
+    assert_eq!(one_net, [200, 200, 429, 429]);
+    assert_eq!(statuses(&s, "/a", &["-H", &from("2001:db8:1:3::1")], 3), [200, 200, 429], "the next /64");
+    assert_eq!(statuses(&s, "/a", &["-H", &from("203.0.113.9")], 3), [200, 200, 429], "an IPv4 client");
+    // With ipv6_prefix = 128 every address is a client of its own.
+    for ip in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
+        assert_eq!(statuses(&s, "/b", &["-H", &from(ip)], 3), [200, 200, 429], "{ip}");
+    }
+}
+
 /// `key = "header:x-user"`: each user has a budget of its own; requests without the header
 /// share one bucket.
 #[test]

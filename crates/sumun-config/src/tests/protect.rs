@@ -89,8 +89,8 @@ cache = {{ ignore_query = ["utm_source"], stale_if_error = "5m" }}
     let rl = &c.rate_limits[0];
     assert_eq!((rl.requests, rl.per, rl.burst), (600, Duration::from_secs(60), 20));
     assert_eq!(
-        (rl.key.clone(), rl.store, rl.fail_open),
-        (RateKey::JwtClaim("sub".into()), RateStore::Redis, true)
+        (rl.key.clone(), rl.store, rl.fail_open, rl.ipv6_prefix),
+        (RateKey::JwtClaim("sub".into()), RateStore::Redis, true, 64)
     );
     let cors = &c.cors[0];
     assert_eq!(cors.methods, ["GET", "PUT"]);
@@ -163,6 +163,10 @@ rate = "100 per second"
 rate = "100/s"
 store = "redis"
 
+[rate_limit.t]
+rate = "1/s"
+ipv6_prefix = 129
+
 [cors.c]
 allow_origins = ["*", "app.example.com"]
 allow_credentials = true
@@ -183,6 +187,7 @@ cache = { key = ["host", "query"] }
         "auth policy `b` needs `jwt = { … }`, `api_keys = { … }` or both",
         "`100 per second` is not a rate",
         "`store = \"redis\"` needs a `[redis]` table",
+        "`ipv6_prefix`",
         "`app.example.com` is not an origin",
         "cannot be combined with `allow_credentials = true`",
         "unknown auth policy `usres`",
@@ -222,4 +227,11 @@ fn unknown_keys_get_suggestions() {
     let text = with("[cors.c]\nallow_origin = [\"https://a.example\"]\n");
     let lines = error_lines(&text).join("\n");
     assert!(lines.contains("did you mean `allow_origins`?"), "{lines}");
+}
+
+#[test]
+fn ipv6_clients_are_counted_by_a_prefix() {
+    let text = with("[rate_limit.r]\nrate = \"10/s\"\nipv6_prefix = 56\n");
+    let c = ok(&text).config;
+    assert_eq!((c.rate_limits[0].key.clone(), c.rate_limits[0].ipv6_prefix), (RateKey::ClientIp, 56));
 }

@@ -14,7 +14,7 @@ mod global;
 mod local;
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,10 @@ impl KeyBytes<'_> {
 
 /// How a request's key is read, resolved from `RateKey` once.
 enum KeySpec {
-    ClientIp,
+    /// The client address; IPv6 ones masked to their leading bits (`ipv6_prefix`).
+    ClientIp {
+        v6_mask: u128,
+    },
     /// None: not a valid header name (refused at load; then every request shares a bucket).
     Header(Option<HeaderName>),
     JwtClaim(String),
@@ -155,7 +158,11 @@ impl Limiter {
         Limiter {
             policy: policy.clone(),
             key: match &policy.key {
-                RateKey::ClientIp => KeySpec::ClientIp,
+                RateKey::ClientIp => KeySpec::ClientIp {
+                    v6_mask: u128::MAX
+                        .checked_shl(128 - u32::from(policy.ipv6_prefix.clamp(1, 128)))
+                        .unwrap_or(0),
+                },
                 RateKey::Header(h) => KeySpec::Header(HeaderName::from_bytes(h.as_bytes()).ok()),
                 RateKey::JwtClaim(c) => KeySpec::JwtClaim(c.clone()),
                 RateKey::ApiKey => KeySpec::ApiKey,
@@ -249,7 +256,12 @@ impl Limiter {
     /// The request's key; None = the request has none (one shared bucket).
     fn key_of<'a>(&self, input: &'a RateInput<'a>) -> Option<KeyBytes<'a>> {
         match &self.key {
-            KeySpec::ClientIp => input.client_ip.map(|ip| KeyBytes::ip(ip.to_canonical())),
+            KeySpec::ClientIp { v6_mask } => input.client_ip.map(|ip| {
+                KeyBytes::ip(match ip.to_canonical() {
+                    IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & v6_mask)),
+                    v4 => v4,
+                })
+            }),
             KeySpec::Header(h) => {
                 h.as_ref().and_then(|h| input.headers.get(h)).map(|v| KeyBytes::Borrowed(v.as_bytes()))
             }

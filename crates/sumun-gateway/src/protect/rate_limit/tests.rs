@@ -10,6 +10,7 @@ fn policy(key: RateKey, rate: (u32, u64), burst: u32, store: RateStore, fail_ope
         burst,
         store,
         fail_open,
+        ipv6_prefix: 128,
     }
 }
 
@@ -56,6 +57,31 @@ fn keys_are_read_from_the_request() {
     for v6 in ["::1", "2001:db8:85a3:1234:5678:8a2e:370:7334", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
         assert_eq!(key(&ip, &input(&headers, None, Some(v6))), Some(v6.as_bytes().to_vec()), "{v6}");
     }
+
+    // IPv6 clients by their /64 (the default) or any other prefix.
+    let mut p = policy(RateKey::ClientIp, (10, 1), 10, RateStore::Local, false);
+    p.ipv6_prefix = 64;
+    let by64 = Limiter::new(&p, None, None);
+    let a = key(&by64, &input(&headers, None, Some("2001:db8:85a3:1234:5678:8a2e:370:7334")));
+    let b = key(&by64, &input(&headers, None, Some("2001:db8:85a3:1234::1")));
+    let other = key(&by64, &input(&headers, None, Some("2001:db8:85a3:1235::1")));
+    assert_eq!(a, Some(b"2001:db8:85a3:1234::".to_vec()));
+    assert_eq!(a, b, "one /64, one bucket");
+    assert_ne!(a, other, "the next /64 is another client");
+    assert_eq!(
+        key(&by64, &input(&headers, None, Some("10.0.0.1"))),
+        Some(b"10.0.0.1".to_vec()),
+        "IPv4 untouched"
+    );
+    p.ipv6_prefix = 48;
+    let by48 = Limiter::new(&p, None, None);
+    assert_eq!(
+        key(&by48, &input(&headers, None, Some("2001:db8:85a3:1234::1"))),
+        Some(b"2001:db8:85a3::".to_vec())
+    );
+    p.ipv6_prefix = 1;
+    let by1 = Limiter::new(&p, None, None);
+    assert_eq!(key(&by1, &input(&headers, None, Some("ffff::1"))), Some(b"8000::".to_vec()));
 
     let h = l(RateKey::Header("x-tenant".into()));
     assert_eq!(key(&h, &input(&headers, None, None)), Some(b"acme".to_vec()));
