@@ -119,6 +119,15 @@ impl MemoryStore {
         matches!(res, CompResult::ReplacedWith(_))
     }
 
+    /// Starts our marker's lifetime over; false when it is no longer ours.
+    pub fn renew(&self, key: Key, token: &Bytes) -> bool {
+        let res = self.cache.entry(key).and_compute_with(|cur| match cur {
+            Some(e) if owns(&e.value().slot, token) => Op::Put(e.into_value()),
+            _ => Op::Nop,
+        });
+        matches!(res, CompResult::ReplacedWith(_))
+    }
+
     /// Removes our marker, if it is still ours.
     pub fn release(&self, key: Key, token: &Bytes) {
         self.cache.entry(key).and_compute_with(|cur| match cur {

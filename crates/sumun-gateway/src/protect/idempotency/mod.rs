@@ -14,7 +14,9 @@
 //! only its claim can complete or release. Anything that ends without a storable response —
 //! an error before the target answered, a 5xx, a body over `max_body`, a body that failed —
 //! releases the marker, and the marker has its own expiry (`IN_FLIGHT_LIFETIME`) in case the
-//! process dies holding it in a shared store. A 5xx is not stored: the draft leaves it to the
+//! process dies holding it in a shared store. While the request runs, a task started with the
+//! claim renews the marker every third of that lifetime, so a response that streams for longer
+//! keeps its key; only a dead process's marker ever expires. A 5xx is not stored: the draft leaves it to the
 //! server, and a retry of a failed request should get another chance. A client that goes
 //! away mid-response does not release the key: the upstream did the work, so the rest of the
 //! body is read without the client (bounded in size and time) and the record is written.
@@ -61,7 +63,8 @@ use super::auth::Identity;
 use super::redis::Redis;
 
 /// How long an in-flight marker outlives a crashed owner. The owner itself always completes
-/// or releases its marker; this only bounds how long a dead process blocks a key.
+/// or releases its marker, and renews it while the request runs; this only bounds how long a
+/// dead process blocks a key.
 const IN_FLIGHT_LIFETIME: Duration = Duration::from_secs(300);
 /// Longest pause between two pieces of a request body being buffered.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,6 +99,8 @@ pub struct Pending {
 struct Shared {
     route: Arc<str>,
     store: Store,
+    /// `IN_FLIGHT_LIFETIME` (shorter in tests).
+    in_flight: Duration,
     ttl: Duration,
     max_body: usize,
     metrics: Metrics,
@@ -148,6 +153,7 @@ impl Idempotency {
             shared: Arc::new(Shared {
                 route: route.into(),
                 store,
+                in_flight: IN_FLIGHT_LIFETIME,
                 ttl: cfg.ttl,
                 max_body: usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
                 metrics: Metrics::new(route),
@@ -155,6 +161,15 @@ impl Idempotency {
             header,
             methods,
         }
+    }
+
+    /// A shorter in-flight lifetime, for tests of its renewal.
+    #[cfg(test)]
+    fn with_in_flight_lifetime(mut self, d: Duration) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.in_flight = d;
+        }
+        self
     }
 
     pub async fn begin(
@@ -182,14 +197,29 @@ impl Idempotency {
         let key = scope_key(&self.shared.route, identity, value.as_bytes());
         let token = Bytes::copy_from_slice(crate::request_id::generate().as_bytes());
         let claimed = match &self.shared.store {
-            Store::Memory(m) => Ok(m.claim(key, &token, fingerprint, IN_FLIGHT_LIFETIME)),
-            Store::Redis(r) => r.claim(&key, &token, fingerprint, IN_FLIGHT_LIFETIME).await,
+            Store::Memory(m) => Ok(m.claim(key, &token, fingerprint, self.shared.in_flight)),
+            Store::Redis(r) => r.claim(&key, &token, fingerprint, self.shared.in_flight).await,
             Store::Missing => Err(()),
         };
         let m = &self.shared.metrics;
         match claimed {
             Ok(Claimed::Won) => {
-                let claim = Claim { shared: self.shared.clone(), key, token, fingerprint, done: false };
+                let (renewing, claim_ended) = tokio::sync::oneshot::channel();
+                tokio::spawn(renew_while_claimed(
+                    self.shared.clone(),
+                    key,
+                    token.clone(),
+                    fingerprint,
+                    claim_ended,
+                ));
+                let claim = Claim {
+                    shared: self.shared.clone(),
+                    key,
+                    token,
+                    fingerprint,
+                    done: false,
+                    _renewing: renewing,
+                };
                 Ok(Begin::Proceed(Body::full(bytes), Pending { claim }))
             }
             Ok(Claimed::Taken(slot)) if *slot.fingerprint() != fingerprint => {
@@ -260,6 +290,35 @@ struct Claim {
     token: Bytes,
     fingerprint: Fingerprint,
     done: bool,
+    /// Dropped with the claim: stops its renewal task.
+    _renewing: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Renews a claim's marker every third of its lifetime until the claim ends (its sender is
+/// dropped) or the marker is no longer ours.
+async fn renew_while_claimed(
+    shared: Arc<Shared>,
+    key: Key,
+    token: Bytes,
+    fingerprint: Fingerprint,
+    mut claim_ended: tokio::sync::oneshot::Receiver<()>,
+) {
+    let every = shared.in_flight / 3;
+    loop {
+        tokio::select! {
+            _ = &mut claim_ended => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let ours = match &shared.store {
+            Store::Memory(m) => Some(m.renew(key, &token)),
+            // None: Redis did not answer; the next round tries again.
+            Store::Redis(r) => r.renew(&key, &token, fingerprint, shared.in_flight).await,
+            Store::Missing => return,
+        };
+        if ours == Some(false) {
+            return;
+        }
+    }
 }
 
 impl Claim {

@@ -42,6 +42,17 @@ return 0",
     )
 });
 
+/// Starts our marker's lifetime over. ARGV = marker, lifetime (ms).
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0",
+    )
+});
+
 const PREFIX: &[u8] = b"sumun:idem:";
 
 #[derive(Clone)]
@@ -95,6 +106,27 @@ impl RedisStore {
             Err(e) => {
                 tracing::warn!(error = %e, "idempotency: cannot store a record; the key stays in flight until its marker expires");
                 false
+            }
+        }
+    }
+
+    /// True while the marker is ours (its lifetime started over); false when it is not, or
+    /// Redis could not be asked (the next renewal tries again).
+    pub async fn renew(
+        &self,
+        key: &Key,
+        token: &Bytes,
+        fingerprint: Fingerprint,
+        lifetime: Duration,
+    ) -> Option<bool> {
+        let marker = Slot::InFlight { token: token.clone(), fingerprint }.encode();
+        let res: Result<i64, _> =
+            self.redis.script(&RENEW, &[&redis_key(key)], &[&marker, millis(lifetime).as_bytes()]).await;
+        match res {
+            Ok(n) => Some(n == 1),
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency: cannot renew an in-flight marker");
+                None
             }
         }
     }

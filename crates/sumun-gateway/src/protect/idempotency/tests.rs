@@ -371,3 +371,47 @@ fn scope_keys_separate_routes_subjects_and_policies() {
     other_policy.policy = "partners".into();
     assert_ne!(scope_key("r", Some(&identity("alice")), b"key"), scope_key("r", Some(&other_policy), b"key"));
 }
+
+/// Holds a claim for four marker lifetimes: the key must stay in flight all along (the marker
+/// is renewed while the request runs), and be free once the claim is dropped.
+async fn a_long_request_keeps_its_key(i: Idempotency, key: &str) {
+    let lifetime = Duration::from_millis(150);
+    let i = i.with_in_flight_lifetime(lifetime);
+    let p = parts("POST", "/orders", Some(key));
+    let pending = proceed(&i, &p, "x").await;
+    let until = Instant::now() + lifetime * 4;
+    while Instant::now() < until {
+        // Time itself is what is tested here: the marker must outlive its own lifetime.
+        tokio::time::sleep(lifetime / 2).await;
+        let r = rejected(&i, &p, "x").await;
+        assert_eq!(r.reason, "idempotency_in_flight", "the key was freed while its request ran");
+    }
+    drop(pending);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match begin(&i, &p, "x").await {
+            Ok(Begin::Proceed(..)) => break,
+            _ => assert!(Instant::now() < deadline, "the key was not released"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_request_keeps_its_key_in_memory() {
+    a_long_request_keeps_its_key(idem("t-renew"), "k-renew").await;
+}
+
+#[tokio::test]
+async fn a_long_request_keeps_its_key_in_redis() {
+    let server = crate::protect::redis::testing::RedisServer::start();
+    let redis = Redis::new(&sumun_config::Redis {
+        url: sumun_config::Secret(server.url()),
+        timeout: Duration::from_secs(1),
+        retry_after: Duration::from_millis(100),
+    })
+    .unwrap();
+    let mut c = cfg(Duration::from_secs(60), 1024);
+    c.store = IdempotencyStore::Redis;
+    a_long_request_keeps_its_key(Idempotency::new(&c, "t-renew-redis", Some(redis)), "k-renew").await;
+}
