@@ -32,6 +32,10 @@ pub(super) const ZSTD_WINDOW_LOG: u32 = 19;
 /// A compressed request asking for a larger zstd window is refused: 8 MiB is what RFC 8878
 /// §3.1.1.1.2 asks HTTP decoders to support, and the window is memory the decoder holds.
 const ZSTD_MAX_DECODE_WINDOW_LOG: u32 = 23;
+/// Likewise for brotli, whose streams may declare up to 16 MiB (RFC 7932 §9.1): 4 MiB is the
+/// window of every common encoder's default (`lgwin` 22), and a few header bytes must not be
+/// able to make the decoder hold 16 MiB per request.
+const BROTLI_MAX_DECODE_WINDOW_LOG: u32 = 22;
 
 /// Size of the scratch buffer codecs write into.
 pub(super) const SCRATCH: usize = 16 * 1024;
@@ -199,8 +203,23 @@ pub(super) struct Step {
 pub(super) enum Decoder {
     Gzip(GzipDecoder),
     Zlib(ZlibDecoder),
-    Brotli(Box<BrotliDecoder>),
+    /// `checked`: the stream's window size (its first byte) was accepted.
+    Brotli(Box<BrotliDecoder>, bool),
     Zstd(ZstdDecoder),
+}
+
+/// The window a brotli stream declares in its first byte (RFC 7932 §9.1, bits read from the
+/// least significant), as log2; None for the large-window extension, which HTTP does not use.
+pub(super) fn brotli_window_log(first: u8) -> Option<u32> {
+    if first & 1 == 0 {
+        return Some(16);
+    }
+    match (u32::from(first >> 1) & 7, u32::from(first >> 4) & 7) {
+        (0, 1) => None,
+        (0, 0) => Some(17),
+        (0, m) => Some(8 + m),
+        (n, _) => Some(17 + n),
+    }
 }
 
 impl Decoder {
@@ -208,7 +227,7 @@ impl Decoder {
         match coding {
             RequestCoding::Gzip => Decoder::Gzip(GzipDecoder::new()),
             RequestCoding::Deflate => Decoder::Zlib(ZlibDecoder::new()),
-            RequestCoding::Brotli => Decoder::Brotli(Box::new(BrotliDecoder::new())),
+            RequestCoding::Brotli => Decoder::Brotli(Box::new(BrotliDecoder::new()), false),
             RequestCoding::Zstd => Decoder::Zstd(ZstdDecoder::new_with_params(&[
                 async_compression::zstd::DParameter::window_log_max(ZSTD_MAX_DECODE_WINDOW_LOG),
             ])),
@@ -219,7 +238,7 @@ impl Decoder {
         match self {
             Decoder::Gzip(c) => c,
             Decoder::Zlib(c) => c,
-            Decoder::Brotli(c) => &mut **c,
+            Decoder::Brotli(c, _) => &mut **c,
             Decoder::Zstd(c) => c,
         }
     }
@@ -232,6 +251,17 @@ impl Decoder {
 
     /// Decodes from `input` into `out` (bounded by its length).
     pub(super) fn decode(&mut self, input: &[u8], out: &mut [u8]) -> io::Result<Step> {
+        if let (Decoder::Brotli(_, checked @ false), Some(&first)) = (&mut *self, input.first()) {
+            match brotli_window_log(first) {
+                Some(log) if log <= BROTLI_MAX_DECODE_WINDOW_LOG => *checked = true,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the stream's window is larger than 4 MiB",
+                    ));
+                }
+            }
+        }
         let mut pb = PartialBuffer::new(input);
         let mut wb = WriteBuffer::new_initialized(out);
         let done = self.codec().decode(&mut pb, &mut wb)?;
@@ -244,7 +274,7 @@ impl Decoder {
     /// asked to decode empty input (zlib reports that as an error).
     pub(super) fn drain(&mut self, out: &mut [u8]) -> io::Result<Step> {
         match self {
-            Decoder::Brotli(_) | Decoder::Zstd(_) => self.decode(&[], out),
+            Decoder::Brotli(..) | Decoder::Zstd(_) => self.decode(&[], out),
             Decoder::Gzip(_) | Decoder::Zlib(_) => {
                 let mut wb = WriteBuffer::new_initialized(out);
                 self.codec().flush(&mut wb)?;

@@ -555,3 +555,70 @@ async fn request_trailers_pass_through_decoding() {
     assert_eq!(data, b"payload");
     assert_eq!(trailers.unwrap()["x-checksum"], "1");
 }
+
+/// Compresses `input` with an encoder built for the test (a given window).
+fn encode_with(mut enc: codec::Encoder, input: &[u8]) -> Vec<u8> {
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut out = bytes::BytesMut::new();
+    enc.encode(input, &mut scratch, &mut out).unwrap();
+    enc.finish(&mut scratch, &mut out).unwrap();
+    out.to_vec()
+}
+
+fn brotli_with_window(log: i32, input: &[u8]) -> Vec<u8> {
+    let params = async_compression::brotli::EncoderParams::default()
+        .quality(async_compression::Level::Precise(4))
+        .window_size(log);
+    encode_with(
+        codec::Encoder::Brotli(Box::new(async_compression::codecs::BrotliEncoder::new(params))),
+        input,
+    )
+}
+
+fn zstd_with_window(log: u32, input: &[u8]) -> Vec<u8> {
+    let params = [async_compression::zstd::CParameter::window_log(log)];
+    encode_with(
+        codec::Encoder::Zstd(async_compression::codecs::ZstdEncoder::new_with_params(3, &params)),
+        input,
+    )
+}
+
+/// A stream's header alone could make the decoder hold its whole window: brotli streams over
+/// 4 MiB and zstd frames over 8 MiB are refused before that memory is taken; the windows
+/// common encoders use pass.
+#[tokio::test]
+async fn request_streams_declaring_large_windows_are_refused() {
+    let c = compressor();
+    let data = sample(200_000);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("br", brotli_with_window(16, &data), true),
+        ("br", brotli_with_window(19, &data), true),
+        ("br", brotli_with_window(22, &data), true),
+        ("br", brotli_with_window(23, &data), false),
+        ("br", brotli_with_window(24, &data), false),
+        ("zstd", zstd_with_window(19, &data), true),
+        ("zstd", zstd_with_window(23, &data), true),
+        ("zstd", zstd_with_window(24, &data), false),
+    ];
+    for (coding, bytes, accepted) in cases {
+        let (mut parts, body) = request(Some(coding), bytes);
+        let body = c.decode_request(&mut parts, body, 1 << 20).unwrap();
+        match drain(body).await {
+            Ok(got) => assert!(accepted && got == data, "{coding}: decoded a stream it should refuse"),
+            Err((err, _)) => {
+                assert!(!accepted, "{coding}: {err}");
+                assert!(err.downcast_ref::<MalformedEncoding>().is_some(), "{coding}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn brotli_window_from_the_first_byte() {
+    for log in 10..=24 {
+        let stream = brotli_with_window(log, b"x");
+        assert_eq!(codec::brotli_window_log(stream[0]), Some(log as u32), "lgwin {log}");
+    }
+    // The large-window extension's marker (RFC 7932 has it reserved): refused.
+    assert_eq!(codec::brotli_window_log(0b0001_0001), None);
+}
