@@ -363,6 +363,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_response_dropped_mid_body_leaves_no_busy_connection_behind() {
+        // The client went away while the body was still coming: hyper closes that connection
+        // (it cannot be reused mid-body), and the pool must not keep it as a busy entry.
+        let f = Fixture::new(serve(0, true, true).await, 8, LONG);
+        drop(f.get().await);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while f.pool.conns.lock().unwrap().iter().any(|p| !p.sender.is_closed()) {
+            assert!(Instant::now() < deadline, "the abandoned connection stayed open");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(text(f.get().await).await, "ok 1");
+        assert_eq!(f.accepted(), 2);
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
