@@ -39,6 +39,8 @@ pub struct Config {
     pub redis: Option<crate::Redis>,
     /// `[cache]` (defaults when absent).
     pub cache: crate::CacheStore,
+    /// `[compression]` (defaults when absent).
+    pub compression: crate::Compression,
     /// `[topic.NAME]`, sorted by name; `Target::Topic` refers to them by index.
     pub topics: Vec<crate::Topic>,
     /// `[subscription.NAME]`, sorted by name.

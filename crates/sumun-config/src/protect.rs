@@ -19,6 +19,7 @@ pub(crate) struct Policies {
     pub cors: Vec<CorsPolicy>,
     pub redis: Option<Redis>,
     pub cache: CacheStore,
+    pub compression: Compression,
 }
 
 const ALGORITHMS: &[&str] = &[
@@ -54,7 +55,15 @@ pub(crate) fn policies(cx: &mut Ctx<'_, '_>, raw: &RawConfig) -> Policies {
     }
     cors.sort_by(|a: &CorsPolicy, b| a.name.cmp(&b.name));
     let cache = raw.cache.as_ref().map_or_else(CacheStore::default, |c| cache_store(cx, c.get_ref()));
-    Policies { auth, passport, rate_limits, cors, redis, cache }
+    let compression = Compression {
+        max_memory: raw
+            .compression
+            .as_ref()
+            .and_then(|c| c.get_ref().max_memory.as_ref())
+            .and_then(|m| cx.size(m, "`compression.max_memory`"))
+            .unwrap_or(Compression::default().max_memory),
+    };
+    Policies { auth, passport, rate_limits, cors, redis, cache, compression }
 }
 
 /// The strings of an optional list.

@@ -166,6 +166,20 @@ pub struct RateLimitPolicy {
 /// The default `ipv6_prefix`.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
+/// `[compression]`: what all compressing routes share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compression {
+    /// Memory the response encoders of all routes may hold at once; a response that would
+    /// need more goes out uncompressed. 0: no limit.
+    pub max_memory: u64,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression { max_memory: 512 << 20 }
+    }
+}
+
 /// `[redis]`: the shared Redis/Valkey for global rate limits and idempotency records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Redis {

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub cors: Option<S<Entries<S<RawCors>>>>,
     pub redis: Option<S<RawRedis>>,
     pub cache: Option<S<RawCacheStore>>,
+    pub compression: Option<S<RawCompression>>,
     pub topic: Option<S<Entries<S<crate::bus::RawTopic>>>>,
     pub subscription: Option<S<Entries<S<crate::bus::RawSubscription>>>>,
 }
@@ -548,6 +549,12 @@ pub(crate) struct RawRedis {
     pub url: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub retry_after: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawCompression {
+    pub max_memory: Option<S<RawSize>>,
 }
 
 #[derive(Deserialize)]

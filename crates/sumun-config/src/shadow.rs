@@ -302,6 +302,7 @@ mod tests {
             cors: vec![],
             redis: None,
             cache: crate::CacheStore::default(),
+            compression: crate::Compression::default(),
             topics: vec![],
             subscriptions: vec![],
         };

@@ -224,6 +224,7 @@ pub(crate) fn validate(raw: RawConfig, source: &Path, cx: &mut Ctx<'_, '_>) -> O
         cors: policies.cors,
         redis: policies.redis,
         cache: policies.cache,
+        compression: policies.compression,
         topics,
         subscriptions,
     })

@@ -465,3 +465,39 @@ fn broken_or_unknown_request_encodings_are_refused() {
     // Neither reached the upstream whole.
     assert!(t.up.requests().iter().all(|r| !r.complete), "{:?}", t.up.requests().len());
 }
+
+/// `[compression] max_memory` below what one zstd encoder holds (1.25 MiB) but above a gzip
+/// one (320 KiB): zstd responses go out uncompressed and are counted, gzip ones compress.
+#[test]
+fn the_encoders_memory_budget_is_honoured() {
+    let body = json_listing(4 * 1024);
+    let text = String::from_utf8(body.clone()).unwrap().replace('\\', "\\\\").replace('"', "\\\"");
+    let s = Sumun::start(&format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[compression]
+max_memory = "1MiB"
+
+[listener.web]
+bind = "127.0.0.1:0"
+
+[[route]]
+to = {{ respond = {{ status = 200, body = "{text}", headers = {{ "content-type" = "application/json" }} }} }}
+compress = true
+"#
+    ));
+    let zstd = curl(&["-H", "accept-encoding: zstd", &s.url("web", "/")]);
+    assert_eq!(zstd.status, 200);
+    assert_eq!(zstd.header("content-encoding"), None, "over the budget: sent as is");
+    assert_eq!(zstd.body, body);
+    let gzip = curl(&["--compressed", "-H", "accept-encoding: gzip", &s.url("web", "/")]);
+    assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    assert_eq!(gzip.body, body, "curl decoded it");
+    let metrics = curl(&[&format!("http://{}/metrics", s.admin_addr().unwrap())]).text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("sumun_compression_skipped_total{reason=\"memory\"} 1")),
+        "{metrics}"
+    );
+}

@@ -235,3 +235,13 @@ fn ipv6_clients_are_counted_by_a_prefix() {
     let c = ok(&text).config;
     assert_eq!((c.rate_limits[0].key.clone(), c.rate_limits[0].ipv6_prefix), (RateKey::ClientIp, 56));
 }
+
+#[test]
+fn compression_memory_budget() {
+    assert_eq!(ok(&with("")).config.compression.max_memory, 512 << 20, "the default");
+    let c = ok(&with("[compression]\nmax_memory = \"64MiB\"\n")).config;
+    assert_eq!(c.compression.max_memory, 64 << 20);
+    assert_eq!(ok(&with("[compression]\nmax_memory = \"0\"\n")).config.compression.max_memory, 0);
+    let lines = error_lines(&with("[compression]\nmax_memory = \"lots\"\n")).join("\n");
+    assert!(lines.contains("`compression.max_memory`"), "{lines}");
+}

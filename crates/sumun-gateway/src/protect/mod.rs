@@ -75,6 +75,8 @@ pub struct Policies {
     pub cors: Vec<(String, Arc<Cors>)>,
     pub passport: Arc<Passport>,
     pub redis: Option<Redis>,
+    /// `[compression] max_memory`, shared by every compressing route.
+    pub compression: Arc<compress::CompressionBudget>,
 }
 
 fn find<'a, T>(list: &'a [(String, T)], name: &str) -> Option<&'a T> {
@@ -116,7 +118,15 @@ impl Policies {
             Passport::new(&config.passport, previous.map(|p| &*p.passport))
                 .map_err(|e| format!("passport: {e}"))?,
         );
-        Ok(Policies { config: config.clone(), auth, rate_limits, cors, passport, redis })
+        // One budget for the process's life: responses in flight across a reload stay charged.
+        let compression = match previous {
+            Some(p) => {
+                p.compression.set_limit(config.compression.max_memory);
+                p.compression.clone()
+            }
+            None => compress::CompressionBudget::new(config.compression.max_memory),
+        };
+        Ok(Policies { config: config.clone(), auth, rate_limits, cors, passport, redis, compression })
     }
 
     /// One route's stack.
@@ -136,7 +146,7 @@ impl Policies {
             passport: self.passport.clone(),
             rate: p.rate_limit.as_deref().and_then(|n| find(&self.rate_limits, n).cloned()),
             idempotency: p.idempotency.as_ref().map(|i| Idempotency::new(i, &route.name, self.redis.clone())),
-            compress: p.compress.as_ref().map(Compressor::compile),
+            compress: p.compress.as_ref().map(|c| Compressor::compile(c, self.compression.clone())),
             max_body: p.max_body,
         }
     }

@@ -13,6 +13,7 @@ use metrics::Counter;
 use sumun_http::body::BodyTooLarge;
 use sumun_http::{Body, BodyError};
 
+use super::budget::Reservation;
 use super::codec::{Decoder, Encoder, RequestCoding, SCRATCH};
 
 /// Input an encoder takes in one poll without emitting anything before it yields to the
@@ -64,11 +65,19 @@ pin_project_lite::pin_project! {
         // (events, long polls, progress) is never held back in the compressor.
         flush_on_idle: bool,
         tally: Tally,
+        // The encoder's charge on the compression budget, returned with the body.
+        reservation: Reservation,
     }
 }
 
 impl EncodeBody {
-    pub(super) fn new(inner: Body, encoder: Encoder, flush_on_idle: bool, counters: EncodeCounters) -> Self {
+    pub(super) fn new(
+        inner: Body,
+        encoder: Encoder,
+        flush_on_idle: bool,
+        counters: EncodeCounters,
+        reservation: Reservation,
+    ) -> Self {
         EncodeBody {
             inner,
             encoder,
@@ -78,6 +87,7 @@ impl EncodeBody {
             unflushed: false,
             flush_on_idle,
             tally: Tally { counters, bytes_in: 0, bytes_out: 0 },
+            reservation,
         }
     }
 }

@@ -21,8 +21,11 @@
 //! before anything is sent (415).
 
 mod body;
+mod budget;
 mod codec;
 mod negotiate;
+
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -32,6 +35,8 @@ use sumun_http::Body;
 
 use self::body::{DecodeBody, DecodeCounters, DecodeLimits, EncodeBody, EncodeCounters};
 pub use self::body::{DecompressionBomb, MalformedEncoding};
+pub use self::budget::CompressionBudget;
+use self::budget::encoder_cost;
 use self::codec::{Encoder, RequestCoding, coding_name};
 use super::Rejection;
 
@@ -113,6 +118,9 @@ pub struct Compressor {
     decoded_requests: [metrics::Counter; 4],
     decode: DecodeCounters,
     unsupported: metrics::Counter,
+    budget: Arc<CompressionBudget>,
+    /// Responses sent uncompressed because the budget was spent.
+    over_budget: metrics::Counter,
 }
 
 fn slot(e: Encoding) -> usize {
@@ -133,7 +141,7 @@ fn request_slot(c: RequestCoding) -> usize {
 }
 
 impl Compressor {
-    pub fn compile(cfg: &Compress) -> Self {
+    pub fn compile(cfg: &Compress, budget: Arc<CompressionBudget>) -> Self {
         let mut types: Vec<TypePattern> =
             cfg.content_types.iter().filter_map(|t| TypePattern::parse(t)).collect();
         if cfg.content_types.is_empty() {
@@ -161,6 +169,8 @@ impl Compressor {
             decoded_requests,
             decode: DecodeCounters { too_large: rejected("too_large"), malformed: rejected("malformed") },
             unsupported: rejected("unsupported_encoding"),
+            budget,
+            over_budget: metrics::counter!("sumun_compression_skipped_total", "reason" => "memory"),
         }
     }
 
@@ -257,6 +267,14 @@ impl Compressor {
         if skip {
             return Response::from_parts(parts, body);
         }
+        let Some(reservation) = self.budget.reserve(encoder_cost(encoding)) else {
+            self.over_budget.increment(1);
+            tracing::debug!(
+                in_use = self.budget.in_use(),
+                "compression memory budget spent; response sent uncompressed"
+            );
+            return Response::from_parts(parts, body);
+        };
         let headers = &mut parts.headers;
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::ACCEPT_RANGES);
@@ -267,7 +285,7 @@ impl Compressor {
         let counters = self.encode[slot(encoding)].clone();
         counters.responses.increment(1);
         let encoder = Encoder::new(encoding, known_len);
-        let body = EncodeBody::new(body, encoder, declared.is_none(), counters);
+        let body = EncodeBody::new(body, encoder, declared.is_none(), counters, reservation);
         Response::from_parts(parts, Body::boxed(body))
     }
 

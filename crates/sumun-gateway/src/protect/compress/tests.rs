@@ -26,7 +26,7 @@ fn cfg() -> Compress {
 }
 
 fn compressor() -> Compressor {
-    Compressor::compile(&cfg())
+    Compressor::compile(&cfg(), CompressionBudget::new(0))
 }
 
 fn response(content_type: &str, body: Body) -> Response<Body> {
@@ -187,7 +187,7 @@ async fn bodies_known_small_or_empty_are_left_alone() {
     let res = c.encode_response(Some(Encoding::Gzip), &Method::GET, response("text/html", Body::empty()));
     assert_eq!(header(&res, header::CONTENT_ENCODING), None);
     // min_size = 0 still never encodes an empty body.
-    let c = Compressor::compile(&Compress { min_size: 0, ..cfg() });
+    let c = Compressor::compile(&Compress { min_size: 0, ..cfg() }, CompressionBudget::new(0));
     let res = c.encode_response(Some(Encoding::Gzip), &Method::GET, response("text/html", Body::empty()));
     assert_eq!(header(&res, header::CONTENT_ENCODING), None);
 }
@@ -229,7 +229,10 @@ fn content_types() {
     }
     assert!(!c.compressible_type(&http::HeaderMap::new()), "no Content-Type");
     // A route's own list.
-    let c = Compressor::compile(&Compress { content_types: vec!["application/x-ndjson".into()], ..cfg() });
+    let c = Compressor::compile(
+        &Compress { content_types: vec!["application/x-ndjson".into()], ..cfg() },
+        CompressionBudget::new(0),
+    );
     assert!(c.compressible_type(response("application/x-ndjson", Body::empty()).headers()));
     assert!(!c.compressible_type(response("text/html", Body::empty()).headers()));
 }
@@ -427,7 +430,7 @@ async fn decodes_request_bodies_for_the_upstream() {
 async fn request_decoding_passes_through_when_not_asked() {
     let plain = b"plain".to_vec();
     // Off on the route.
-    let c = Compressor::compile(&Compress { decompress_requests: false, ..cfg() });
+    let c = Compressor::compile(&Compress { decompress_requests: false, ..cfg() }, CompressionBudget::new(0));
     let (mut parts, body) = request(Some("gzip"), plain.clone());
     let body = c.decode_request(&mut parts, body, 1 << 20).unwrap();
     assert_eq!(parts.headers[header::CONTENT_ENCODING], "gzip");
@@ -621,4 +624,33 @@ fn brotli_window_from_the_first_byte() {
     }
     // The large-window extension's marker (RFC 7932 has it reserved): refused.
     assert_eq!(codec::brotli_window_log(0b0001_0001), None);
+}
+
+/// With the encoders' memory budget spent, responses go out whole and uncompressed (with
+/// their length, and still `Vary`), and compression resumes once an encoder's body ends.
+#[tokio::test]
+async fn responses_past_the_memory_budget_go_out_uncompressed() {
+    let budget = CompressionBudget::new(budget::encoder_cost(Encoding::Zstd));
+    let c = Compressor::compile(&cfg(), budget.clone());
+    let (_, res) = json_response(10_000);
+    let held = c.encode_response(Some(Encoding::Zstd), &Method::GET, res);
+    assert_eq!(header(&held, header::CONTENT_ENCODING), Some("zstd"));
+    assert_eq!(budget.in_use(), budget::encoder_cost(Encoding::Zstd));
+
+    for e in [Encoding::Zstd, Encoding::Gzip] {
+        let (data, res) = json_response(10_000);
+        let res = c.encode_response(Some(e), &Method::GET, res);
+        assert_eq!(header(&res, header::CONTENT_ENCODING), None, "{e:?} over the budget");
+        assert_eq!(header(&res, header::CONTENT_LENGTH), Some("10000"));
+        assert_eq!(varies(&res), ["Accept-Encoding"]);
+        assert_eq!(collect(res.into_body()).await.0, data);
+    }
+
+    collect(held.into_body()).await;
+    assert_eq!(budget.in_use(), 0, "an ended body returns its charge");
+    let (_, res) = json_response(10_000);
+    let res = c.encode_response(Some(Encoding::Gzip), &Method::GET, res);
+    assert_eq!(header(&res, header::CONTENT_ENCODING), Some("gzip"));
+    drop(res);
+    assert_eq!(budget.in_use(), 0, "a dropped body returns its charge");
 }
