@@ -32,6 +32,9 @@ pub(crate) struct H1Pool {
     idle_timeout: Duration,
     /// Whether the sweeper task runs (started with the first pooled connection).
     sweeping: std::sync::atomic::AtomicBool,
+    /// Counts connections opened (`sumun_upstream_connections_opened_total`): with keep-alive
+    /// working it barely moves under load.
+    opened: metrics::Counter,
 }
 
 struct Pooled {
@@ -47,12 +50,13 @@ pub(crate) enum SendError {
 }
 
 impl H1Pool {
-    pub(crate) fn new(max: usize, idle_timeout: Duration) -> Arc<H1Pool> {
+    pub(crate) fn new(max: usize, idle_timeout: Duration, opened: metrics::Counter) -> Arc<H1Pool> {
         Arc::new(H1Pool {
             conns: Mutex::new(VecDeque::new()),
             max,
             idle_timeout,
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            opened,
         })
     }
 
@@ -66,7 +70,11 @@ impl H1Pool {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(s) => (s, true),
-                None => (Box::pin(connect(connector, connect_uri)).await?, false),
+                None => {
+                    let sender = Box::pin(connect(connector, connect_uri)).await?;
+                    self.opened.increment(1);
+                    (sender, false)
+                }
             };
             match sender.try_send_request(req).await {
                 Ok(res) => {
@@ -267,7 +275,7 @@ mod tests {
             let (addr, accepted) = server;
             Fixture {
                 uri: format!("http://{addr}/").parse().unwrap(),
-                pool: H1Pool::new(max, idle),
+                pool: H1Pool::new(max, idle, metrics::Counter::noop()),
                 connector: Connector::new(HashMap::new(), Duration::from_secs(2), None),
                 accepted,
             }

@@ -30,6 +30,8 @@ pub(crate) struct EndpointConn {
     connect_uri: Uri,
     h1: Arc<H1Pool>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    /// `sumun_upstream_connections_opened_total{upstream,endpoint}`.
+    opened: metrics::Counter,
 }
 
 enum Kind {
@@ -63,11 +65,14 @@ impl Transport {
                 };
                 let authority = authority?;
                 let connect_uri = absolute(authority.clone(), PathAndQuery::from_static("/")).ok()?;
+                let labels = [("upstream", cfg.name.clone()), ("endpoint", ep.address.to_string())];
+                let opened = metrics::counter!("sumun_upstream_connections_opened_total", &labels);
                 Some(EndpointConn {
                     authority,
                     connect_uri,
-                    h1: H1Pool::new(cfg.pool.max_idle_per_endpoint, cfg.pool.idle_timeout),
+                    h1: H1Pool::new(cfg.pool.max_idle_per_endpoint, cfg.pool.idle_timeout, opened.clone()),
                     h2: tokio::sync::Mutex::new(None),
+                    opened,
                 })
             })
             .collect();
@@ -127,6 +132,7 @@ impl Transport {
         }
         let uri = absolute(ep.authority.clone(), PathAndQuery::from_static("/"))?;
         let stream = self.connector.connect(uri).await.map_err(|e| classify(e.as_ref()))?;
+        ep.opened.increment(1);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))

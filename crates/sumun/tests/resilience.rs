@@ -339,13 +339,26 @@ fn upstreams_endpoint_reports_live_state() {
             assert!(!e[key].is_null(), "endpoint field {key} missing: {e}");
         }
     }
-    get(&s, "/");
+    for _ in 0..5 {
+        get(&s, "/");
+    }
     let m = curl(&[&format!("http://{admin}/metrics")]).text();
+    // Five requests one after the other: one kept-alive connection to b carried them all.
+    let opened = m
+        .lines()
+        .find(|l| {
+            l.starts_with("sumun_upstream_connections_opened_total{")
+                && l.contains(&format!("endpoint=\"{}\"", b.endpoint()))
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.to_owned());
+    assert_eq!(opened.as_deref(), Some("1"), "{m}");
     for name in [
         "sumun_upstream_endpoint_healthy{",
         "sumun_upstream_endpoint_in_flight{",
         "sumun_upstream_endpoint_request_duration_seconds_bucket{",
         "sumun_upstream_health_checks_total{",
+        "sumun_upstream_connections_opened_total{",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }
