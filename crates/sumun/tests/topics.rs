@@ -946,7 +946,8 @@ dead_letter = "dead"
     assert_eq!(audit.status, 202, "{}", audit.text());
     assert_eq!(audit.json()["topic"], "audit");
     assert_eq!(publish(&s.url("web", "/orders"), "after", &[]).status, 202);
-    let reqs = worker.wait(Duration::from_secs(10), "the second delivery", |r| r.len() >= 2);
+    // Recorded at the head: wait for the bodies too.
+    let reqs = worker.wait_finished(2, Duration::from_secs(10));
     assert_eq!(reqs[1].path, "/v2", "the restarted subscription uses its new settings");
     assert_eq!(reqs[1].body, b"after");
     std::thread::sleep(Duration::from_millis(300));
